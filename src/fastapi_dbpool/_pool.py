@@ -1,0 +1,247 @@
+"""Pool instrumentation: what the pool is doing, fed by SQLAlchemy's pool events.
+
+Counts of checkouts, connects and invalidations, and the time each connection is
+held, come from :class:`~sqlalchemy.events.PoolEvents`. Two things those events
+cannot see: how many callers are *waiting* for a connection, and how long they
+waited. For those, and to answer a timeout with our own error, :class:`MonitoredPool`
+overrides the one method where a caller waits (``_do_get``). Everything else is the
+stock ``AsyncAdaptedQueuePool``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event, exc
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool
+
+from .errors import ConnectFailed, PoolTimeout, TooManyWaiting
+
+__all__ = ["MonitoredPool", "PoolMonitor", "PoolSnapshot"]
+
+# A callback that receives one duration in seconds (checkout wait or hold time).
+DurationObserver = Callable[[float], None]
+
+_CHECKED_OUT_AT = "fastapi_dbpool.checked_out_at"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSnapshot:
+    """Pool state at one instant. Gauges are current values, ``*_total`` count since start.
+
+    Attributes:
+        name: The pool's label, ``"primary"`` or ``"replica"``.
+        size: Connections the pool keeps (``DB_POOL_SIZE``).
+        max_overflow: Extra connections allowed under load (``DB_MAX_OVERFLOW``).
+        checked_out: Connections in use now.
+        overflow: Overflow connections open now (0 while within ``size``).
+        idle: Open connections waiting in the pool.
+        waiting: Callers waiting for a connection now.
+        checkouts_total: Connections handed out.
+        timeouts_total: Callers that gave up after ``DB_POOL_TIMEOUT`` or were shed.
+        connects_total: New server connections opened.
+        invalidations_total: Connections thrown away as broken.
+        wait_seconds_total: Time spent waiting, summed over callers.
+        wait_seconds_max: Longest single wait.
+    """
+
+    name: str
+    size: int
+    max_overflow: int
+    checked_out: int
+    overflow: int
+    idle: int
+    waiting: int
+    checkouts_total: int
+    timeouts_total: int
+    connects_total: int
+    invalidations_total: int
+    wait_seconds_total: float
+    wait_seconds_max: float
+
+    @property
+    def capacity(self) -> int:
+        """The most connections the pool may have open at once."""
+        return self.size + self.max_overflow
+
+    @property
+    def saturated(self) -> bool:
+        """True when every connection is in use, so a new caller would wait."""
+        return self.checked_out >= self.capacity
+
+
+class PoolMonitor:
+    """Live counters of one pool, updated by pool events and by :class:`MonitoredPool`.
+
+    Observers added with :meth:`on_wait` and :meth:`on_hold` receive each duration
+    (seconds) as it happens; the metrics module feeds its histograms from them.
+    """
+
+    def __init__(self, name: str, *, max_waiting: int = 0) -> None:
+        self.name = name
+        self.max_waiting = max_waiting
+        self.waiting = 0
+        self.checkouts_total = 0
+        self.timeouts_total = 0
+        self.connects_total = 0
+        self.invalidations_total = 0
+        self.wait_seconds_total = 0.0
+        self.wait_seconds_max = 0.0
+        self._pool: MonitoredPool | None = None
+        self._wait_observers: list[DurationObserver] = []
+        self._hold_observers: list[DurationObserver] = []
+        self._checkout_observers: list[Callable[[ConnectionPoolEntry], None]] = []
+        self._checkin_observers: list[Callable[[ConnectionPoolEntry, float], None]] = []
+
+    def on_wait(self, observer: DurationObserver) -> None:
+        """Call *observer* with each caller's wait for a connection, in seconds."""
+        self._wait_observers.append(observer)
+
+    def on_hold(self, observer: DurationObserver) -> None:
+        """Call *observer* with how long each connection was held, in seconds."""
+        self._hold_observers.append(observer)
+
+    def on_checkout(self, observer: Callable[[ConnectionPoolEntry], None]) -> None:
+        """Call *observer* with the pool entry each time a connection is handed out."""
+        self._checkout_observers.append(observer)
+
+    def on_checkin(self, observer: Callable[[ConnectionPoolEntry, float], None]) -> None:
+        """Call *observer* with the entry and its hold time when a connection returns."""
+        self._checkin_observers.append(observer)
+
+    def attach(self, pool: MonitoredPool) -> None:
+        """Listen to *pool*'s events. Called once, by :class:`~fastapi_dbpool.Database`."""
+        self._pool = pool
+        pool.monitor = self
+        event.listen(pool, "connect", self._on_connect)
+        event.listen(pool, "checkout", self._on_checkout)
+        event.listen(pool, "checkin", self._on_checkin)
+        event.listen(pool, "invalidate", self._on_invalidate)
+
+    def snapshot(self) -> PoolSnapshot:
+        """Return the pool's state now. Cheap: reads counters, takes no lock."""
+        pool = self._pool
+        size = pool.size() if pool is not None else 0
+        overflow = max(pool.overflow(), 0) if pool is not None else 0
+        return PoolSnapshot(
+            name=self.name,
+            size=size,
+            max_overflow=pool.max_overflow if pool is not None else 0,
+            checked_out=pool.checkedout() if pool is not None else 0,
+            overflow=overflow,
+            idle=pool.checkedin() if pool is not None else 0,
+            waiting=self.waiting,
+            checkouts_total=self.checkouts_total,
+            timeouts_total=self.timeouts_total,
+            connects_total=self.connects_total,
+            invalidations_total=self.invalidations_total,
+            wait_seconds_total=self.wait_seconds_total,
+            wait_seconds_max=self.wait_seconds_max,
+        )
+
+    # -- pool event listeners -----------------------------------------------------------
+
+    def _on_connect(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        self.connects_total += 1
+
+    def _on_checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        self.checkouts_total += 1
+        record.info[_CHECKED_OUT_AT] = time.perf_counter()
+        for observer in self._checkout_observers:
+            observer(record)
+
+    def _on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        started = record.info.pop(_CHECKED_OUT_AT, None)
+        held = time.perf_counter() - started if started is not None else 0.0
+        if started is not None:
+            for hold_observer in self._hold_observers:
+                hold_observer(held)
+        for observer in self._checkin_observers:
+            observer(record, held)
+
+    def _on_invalidate(self, dbapi_connection: Any, record: ConnectionPoolEntry, error: Any) -> None:
+        self.invalidations_total += 1
+
+    # -- called by MonitoredPool --------------------------------------------------------
+
+    def _waited(self, seconds: float) -> None:
+        self.wait_seconds_total += seconds
+        if seconds > self.wait_seconds_max:
+            self.wait_seconds_max = seconds
+        for observer in self._wait_observers:
+            observer(seconds)
+
+
+class MonitoredPool(AsyncAdaptedQueuePool):
+    """``AsyncAdaptedQueuePool`` that counts waiters and sheds load past ``max_waiting``.
+
+    A timeout raises :class:`~fastapi_dbpool.errors.PoolTimeout`, which names the
+    settings to change, instead of SQLAlchemy's ``TimeoutError``.
+    """
+
+    monitor: PoolMonitor
+
+    @property
+    def max_overflow(self) -> int:
+        """Overflow connections allowed beyond ``size()``."""
+        return max(self._max_overflow, 0)
+
+    def recreate(self) -> MonitoredPool:
+        """Recreate the pool (on dispose) keeping its monitor."""
+        new = super().recreate()
+        assert isinstance(new, MonitoredPool)
+        # Listeners travel with the pool's dispatch; only the references move.
+        new.monitor = self.monitor
+        self.monitor._pool = new
+        return new
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        monitor = self.monitor
+        # Fast path: a free connection, or room to open one; no waiting to account for.
+        if self.checkedout() < self.size() + self.max_overflow:
+            started = time.perf_counter()
+            entry = self._get_or_connect()
+            monitor._waited(time.perf_counter() - started)
+            return entry
+        if monitor.max_waiting and monitor.waiting >= monitor.max_waiting:
+            monitor.timeouts_total += 1
+            raise TooManyWaiting(
+                f"database busy: {monitor.waiting} requests already wait for a connection "
+                f"(DB_MAX_WAITING={monitor.max_waiting}); raise DB_POOL_SIZE or DB_MAX_WAITING"
+            )
+        monitor.waiting += 1
+        started = time.perf_counter()
+        try:
+            entry = self._get_or_connect()
+        except exc.TimeoutError:
+            monitor.timeouts_total += 1
+            raise PoolTimeout(
+                f"database busy: no connection became free within {self._timeout:.2f} s "
+                f"(DB_POOL_TIMEOUT); all {self.size()} + {self.max_overflow} overflow "
+                "connections are in use; raise DB_POOL_SIZE or DB_MAX_OVERFLOW, "
+                "or hold connections for less time"
+            ) from None
+        finally:
+            monitor.waiting -= 1
+        monitor._waited(time.perf_counter() - started)
+        return entry
+
+    def _get_or_connect(self) -> ConnectionPoolEntry:
+        try:
+            return super()._do_get()
+        except (OSError, TimeoutError) as error:
+            # The driver could not reach the server (refused, unreachable, or slower
+            # than DB_CONNECT_TIMEOUT). Its message can name the host: keep it in the
+            # chain for the logs, out of the message that may reach a client.
+            raise ConnectFailed(
+                f"could not connect to the database ({type(error).__name__}); "
+                "check DATABASE_URL and that the server is up, or raise DB_CONNECT_TIMEOUT"
+            ) from error
+
+
+def monitor_of(pool: Pool) -> PoolMonitor | None:
+    """Return the monitor attached to *pool*, if it is a :class:`MonitoredPool`."""
+    return pool.monitor if isinstance(pool, MonitoredPool) else None

@@ -1,0 +1,266 @@
+"""The :class:`Database`: one engine per app, created in the lifespan, and its sessions."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from ._cleanup import run_to_completion, wait_for_pending_cleanups
+from ._pool import MonitoredPool, PoolMonitor, PoolSnapshot
+from ._sqlite import READ_ONLY_OPTION, WriteGate, configure_sqlite
+from .errors import DatabaseNotStarted
+from .settings import DatabaseSettings
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+__all__ = ["Database"]
+
+logger = logging.getLogger("fastapi_dbpool")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Database:
+    """An engine and its session factories, started and stopped with the app.
+
+    Create one per app, usually in the app factory, and :meth:`install` it: the engine
+    is created when the app's lifespan starts and disposed when it ends, around the
+    app's own lifespan. Nothing connects at import time.
+
+    Args:
+        settings: Pool and session settings; read from the environment when omitted.
+        name: The pool's label in stats and metrics.
+    """
+
+    def __init__(self, settings: DatabaseSettings | None = None, *, name: str = "primary") -> None:
+        self.settings = settings if settings is not None else DatabaseSettings.from_env()
+        self.name = name
+        self.monitor = PoolMonitor(name, max_waiting=self.settings.max_waiting)
+        self._engine: AsyncEngine | None = None
+        self._probe_engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._read_sessions: async_sessionmaker[AsyncSession] | None = None
+        self.write_gate: WriteGate | None = None
+
+    def __repr__(self) -> str:
+        state = "started" if self._engine is not None else "stopped"
+        return f"<Database {self.name} {self.settings.redacted_url} {state}>"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._engine is not None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The running engine.
+
+        Raises:
+            DatabaseNotStarted: outside the app's lifespan.
+        """
+        if self._engine is None:
+            raise DatabaseNotStarted(
+                f"database {self.name!r} is not started: use it inside the app's lifespan "
+                "(Database.install(app)) or `async with database:`"
+            )
+        return self._engine
+
+    async def start(self) -> None:
+        """Create the engine and session factories. Does not connect: a database that
+        is down at start-up leaves the app serving, and not ready, until it is back.
+        """
+        if self._engine is not None:
+            return
+        settings = self.settings
+        engine = create_async_engine(settings.sqlalchemy_url, **self._engine_options())
+        self.monitor.attach(engine.pool)  # type: ignore[arg-type]
+        if settings.backend == "sqlite":
+            self.write_gate = WriteGate(timeout=settings.pool_timeout)
+            configure_sqlite(engine.sync_engine, self.write_gate, settings.sqlite_busy_timeout_ms)
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        read_engine = engine.execution_options(**self._read_only_options())
+        self._read_sessions = async_sessionmaker(read_engine, expire_on_commit=False)
+        logger.info(
+            "database started",
+            extra={"pool": self.name, "event": "start", "url": settings.redacted_url,
+                   "pool_size": settings.pool_size, "max_overflow": settings.max_overflow},
+        )
+
+    async def stop(self) -> None:
+        """Dispose of the engine, closing every pooled connection."""
+        engine, probe = self._engine, self._probe_engine
+        self._engine = self._probe_engine = None
+        self._sessions = self._read_sessions = None
+        await wait_for_pending_cleanups(timeout=self.settings.pool_timeout)
+        for each in (probe, engine):
+            if each is not None:
+                await each.dispose()
+        if engine is not None:
+            logger.info("database stopped", extra={"pool": self.name, "event": "stop"})
+
+    async def __aenter__(self) -> Database:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def install(self, app: Any) -> None:
+        """Attach to a FastAPI/Starlette *app*: lifespan, app state and error responses.
+
+        The app's own lifespan keeps working: the engine starts before it and stops
+        after it, so the app's start-up code can already use the database.
+        """
+        from .responses import install_error_handlers
+
+        app.state.fastapi_dbpool = self
+        original = app.router.lifespan_context
+
+        @asynccontextmanager
+        async def lifespan(app_: ASGIApp) -> AsyncIterator[Any]:
+            async with self, original(app_) as state:
+                yield state
+
+        app.router.lifespan_context = lifespan
+        install_error_handlers(app)
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def session(self, *, read_only: bool = False) -> AbstractAsyncContextManager[AsyncSession]:
+        """Open a session in its own transaction: commit on success, roll back on error.
+
+        Use it for work outside a request (background tasks, scripts, workers); pass
+        such work IDs, never ORM objects or a request's session. A *read_only* session
+        does not take SQLite's write lock and runs READ ONLY on PostgreSQL.
+
+        The connection is checked out at the first statement and returned when the
+        block ends, also when the task is cancelled.
+        """
+        return self._session(read_only)
+
+    @asynccontextmanager
+    async def _session(self, read_only: bool) -> AsyncIterator[AsyncSession]:
+        factory = self._read_sessions if read_only else self._sessions
+        if factory is None:
+            self.engine  # noqa: B018 - raises DatabaseNotStarted with the reason
+            raise AssertionError("unreachable")
+        session = factory()
+        try:
+            yield session
+        except BaseException:
+            # The caller's error is the one that matters; a failing rollback on a broken
+            # connection is logged, and the connection is invalidated by SQLAlchemy.
+            await run_to_completion(_discard_quietly(session))
+            raise
+        await run_to_completion(_discard(session) if read_only else _commit(session))
+
+    def with_session(
+        self, func: Callable[Concatenate[AsyncSession, P], Awaitable[R]]
+    ) -> Callable[P, Awaitable[R]]:
+        """Decorate *func* so that each call gets a fresh session as first argument.
+
+        The session commits when *func* returns and rolls back when it raises::
+
+            @database.with_session
+            async def mark_done(session: AsyncSession, item_id: int) -> None: ...
+
+            background_tasks.add_task(mark_done, item.id)
+        """
+
+        @functools.wraps(func)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            async with self.session() as session:
+                return await func(session, *args, **kwargs)
+
+        return wrapper
+
+    # -- introspection ------------------------------------------------------------------
+
+    def pool_snapshot(self) -> PoolSnapshot:
+        """The pool's state now (see :class:`~fastapi_dbpool.PoolSnapshot`)."""
+        return self.monitor.snapshot()
+
+    @property
+    def probe_engine(self) -> AsyncEngine:
+        """A one-connection engine for health probes, apart from the request pool.
+
+        A probe must not queue behind requests for a pooled connection: it would then
+        report "down" for a database that is only busy.
+        """
+        if self._probe_engine is None:
+            engine = self.engine
+            self._probe_engine = create_async_engine(
+                engine.url, poolclass=NullPool, connect_args=self._connect_args()
+            )
+            if self.settings.backend == "sqlite":
+                # Pragmas only; the probe runs SELECT 1 in autocommit and needs no gate.
+                configure_sqlite(self._probe_engine.sync_engine, WriteGate(0.1),
+                                 self.settings.sqlite_busy_timeout_ms)
+        return self._probe_engine
+
+    # -- engine options -----------------------------------------------------------------
+
+    def _connect_args(self) -> dict[str, Any]:
+        settings = self.settings
+        if settings.backend == "sqlite":
+            # sqlite3's own wait for another process's lock, in seconds.
+            return {"timeout": settings.sqlite_busy_timeout_ms / 1000}
+        server_settings = {"application_name": f"fastapi_dbpool:{self.name}"}
+        if settings.statement_timeout_ms:
+            server_settings["statement_timeout"] = str(settings.statement_timeout_ms)
+        return {"timeout": settings.connect_timeout, "server_settings": server_settings}
+
+    def _engine_options(self) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "poolclass": MonitoredPool,
+            "pool_size": settings.pool_size,
+            "max_overflow": settings.max_overflow,
+            "pool_timeout": settings.pool_timeout,
+            "pool_recycle": settings.pool_recycle,
+            "pool_pre_ping": settings.pool_pre_ping,
+            "echo": settings.echo,
+            "connect_args": self._connect_args(),
+        }
+
+    def _read_only_options(self) -> dict[str, Any]:
+        if self.settings.backend == "sqlite":
+            return {READ_ONLY_OPTION: True}
+        return {"postgresql_readonly": True}
+
+
+async def _commit(session: AsyncSession) -> None:
+    """Commit and close; on failure roll back, close, and raise the commit's error."""
+    try:
+        await session.commit()
+    except BaseException:
+        await _discard(session)
+        raise
+    await session.close()
+
+
+async def _discard(session: AsyncSession) -> None:
+    """Roll back whatever is open and return the connection to the pool."""
+    try:
+        await session.rollback()
+    finally:
+        await session.close()
+
+
+async def _discard_quietly(session: AsyncSession) -> None:
+    try:
+        await _discard(session)
+    except Exception:
+        logger.warning("rollback failed after an error", exc_info=True,
+                       extra={"event": "rollback_failed"})

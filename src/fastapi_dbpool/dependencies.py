@@ -1,0 +1,63 @@
+"""FastAPI dependencies: the request's session, its read-only twin, and the Database.
+
+``SessionDep`` gives each request its own ``AsyncSession``. The dependency is
+*function-scoped* (``Depends(..., scope="function")``): its exit runs when the path
+operation has returned and its response has been serialised, but before the first
+byte of the response is sent. That is where it commits, so
+
+* a handler that returns normally is answered only after its data is committed;
+* a handler that raises (``HTTPException`` included) rolls back;
+* a commit that fails becomes an error response (409, 503, …), never a 2xx for data
+  that was not saved;
+* the connection is back in the pool before the response body is sent, so a slow
+  client or a background task does not hold it.
+
+With FastAPI's default request scope the exit would run after the response was sent:
+the client could get 201 for a row that a failed commit never wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
+
+from .database import Database
+from .errors import DatabaseNotStarted
+
+__all__ = [
+    "DatabaseDep",
+    "ReadSessionDep",
+    "SessionDep",
+    "get_database",
+    "get_read_session",
+    "get_session",
+]
+
+
+def get_database(conn: HTTPConnection) -> Database:
+    """Return the :class:`Database` installed on the request's app."""
+    database: Database | None = getattr(conn.app.state, "fastapi_dbpool", None)
+    if database is None:
+        raise DatabaseNotStarted("no Database installed on this app: call Database.install(app)")
+    return database
+
+
+async def get_session(conn: HTTPConnection) -> AsyncIterator[AsyncSession]:
+    """Yield the request's session; commit after the handler, roll back if it raised."""
+    async with get_database(conn).session() as session:
+        yield session
+
+
+async def get_read_session(conn: HTTPConnection) -> AsyncIterator[AsyncSession]:
+    """Yield a read-only session: no SQLite write lock, READ ONLY on PostgreSQL."""
+    async with get_database(conn).session(read_only=True) as session:
+        yield session
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

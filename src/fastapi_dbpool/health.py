@@ -1,0 +1,106 @@
+"""Health checks: liveness without the database, readiness with a bounded probe.
+
+The probe uses its own connection, never one from the request pool, and its own
+timeout, so that a busy pool is reported as "pool exhausted" and not mistaken for a
+database that is down. Reasons are short fixed phrases: never the driver's message,
+which can contain host names or user names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict, dataclass, field
+
+from fastapi import APIRouter
+from sqlalchemy import text
+from starlette.responses import JSONResponse
+
+from .database import Database
+from .dependencies import DatabaseDep
+
+__all__ = ["Check", "HealthReport", "check_readiness", "health_router"]
+
+logger = logging.getLogger("fastapi_dbpool")
+
+DEFAULT_PROBE_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One check's outcome: ``ok`` is True or the ``reason`` says what failed."""
+
+    name: str
+    ok: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """The outcome of every check; ``ok`` only if all passed."""
+
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every check passed."""
+        return all(check.ok for check in self.checks)
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready form: ``{"status": "ok"|"failing", "checks": {...}}``."""
+        return {
+            "status": "ok" if self.ok else "failing",
+            "checks": {
+                check.name: {k: v for k, v in asdict(check).items() if k != "name" and v is not None}
+                | {"status": "ok" if check.ok else "failing"}
+                for check in self.checks
+            },
+        }
+
+
+async def probe_database(database: Database, timeout: float = DEFAULT_PROBE_TIMEOUT) -> Check:
+    """Run ``SELECT 1`` on a dedicated connection, giving up after *timeout* seconds."""
+    if not database.started:
+        return Check("database", False, "not started")
+    try:
+        async with asyncio.timeout(timeout):
+            async with database.probe_engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+    except TimeoutError:
+        return Check("database", False, f"no answer within {timeout:g} s")
+    except Exception as error:  # any failure means "not ready"; details go to the log only
+        logger.warning("readiness probe failed: %s", type(error).__name__,
+                       extra={"event": "probe_failed", "pool": database.name})
+        return Check("database", False, "unreachable")
+    return Check("database", True)
+
+
+def check_pool(database: Database) -> Check:
+    """Fail when every connection is in use and callers are queued for one."""
+    if not database.started:
+        return Check("pool", False, "not started")
+    snap = database.pool_snapshot()
+    if snap.saturated and snap.waiting > 0:
+        return Check("pool", False, f"exhausted: {snap.checked_out} in use, {snap.waiting} waiting")
+    return Check("pool", True)
+
+
+async def check_readiness(database: Database, timeout: float = DEFAULT_PROBE_TIMEOUT) -> HealthReport:
+    """Check the database (bounded by *timeout*) and the pool."""
+    return HealthReport([await probe_database(database, timeout), check_pool(database)])
+
+
+def health_router(*, probe_timeout: float = DEFAULT_PROBE_TIMEOUT) -> APIRouter:
+    """Routes ``GET /health/live`` and ``GET /health/ready`` for the app's Database."""
+    router = APIRouter(prefix="/health", tags=["health"])
+
+    @router.get("/live")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/ready", responses={503: {"description": "A check failed"}})
+    async def ready(database: DatabaseDep) -> JSONResponse:
+        report = await check_readiness(database, probe_timeout)
+        return JSONResponse(report.as_dict(), status_code=200 if report.ok else 503)
+
+    return router

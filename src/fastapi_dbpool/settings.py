@@ -1,0 +1,205 @@
+"""Database settings read from the environment.
+
+Every setting has one environment variable, listed in the table of the README and in
+the ``Field`` below. Values are checked when the settings are built, which is when the
+app starts: a bad value stops the start with a message naming the variable, never a
+stack trace deep in a request.
+
+The URL is held as a secret: ``repr()``, ``str()`` and every message of this module
+show it with the password replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import SettingsError
+
+__all__ = ["DatabaseSettings", "redact_url"]
+
+Backend = Literal["postgresql", "sqlite"]
+
+DEFAULT_URL = "sqlite+aiosqlite:///./users_api.db"
+
+# Async driver to use for each accepted URL scheme. Plain scheme names are what
+# Heroku, Render, docker-compose files and libpq users write; we map them to the
+# async driver rather than letting SQLAlchemy pick psycopg2, which would block the loop.
+_ASYNC_DRIVERS = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+}
+
+# The sync twin of each async driver, for sync sessions and tools that need one.
+_SYNC_DRIVERS = {"postgresql+asyncpg": "postgresql+psycopg", "sqlite+aiosqlite": "sqlite+pysqlite"}
+
+# Field name -> environment variable, for messages. Declared once, next to the fields.
+_ENV_NAMES: dict[str, str] = {}
+
+
+def _env(name: str, field: str) -> Any:
+    _ENV_NAMES[field] = name
+    return AliasChoices(name, field)
+
+
+def redact_url(url: str | URL) -> str:
+    """Return *url* as text with its password replaced by ``***``.
+
+    Text that does not parse as a URL is replaced entirely: it may hold a password in
+    a shape we cannot recognise.
+    """
+    try:
+        parsed = url if isinstance(url, URL) else make_url(url)
+    except (ArgumentError, ValueError):
+        return "<unparseable database URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def normalise_url(raw: str) -> URL:
+    """Parse *raw* and map it to the async driver; raise ValueError naming the problem."""
+    try:
+        url = make_url(raw.strip())
+    except (ArgumentError, ValueError):
+        raise ValueError("is not a database URL (expected postgresql://… or sqlite:///…)") from None
+    driver = _ASYNC_DRIVERS.get(url.drivername)
+    if driver is None:
+        known = ", ".join(sorted({d.split("+")[0] + "://" for d in _ASYNC_DRIVERS}))
+        raise ValueError(f"uses the unsupported scheme {url.drivername}:// (supported: {known})")
+    url = url.set(drivername=driver)
+    if driver.startswith("sqlite"):
+        if url.database in (None, "", ":memory:") or "mode=memory" in str(url.query):
+            # Every pooled connection would get its own empty in-memory database.
+            raise ValueError("names an in-memory SQLite database; use a file, e.g. sqlite:///./app.db")
+    elif "sslmode" in url.query:
+        # libpq spells it sslmode, asyncpg spells it ssl; accept the libpq spelling.
+        mode = url.query["sslmode"]
+        url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
+    return url
+
+
+class DatabaseSettings(BaseSettings):
+    """Pool and session settings, read from the environment (or given as keywords).
+
+    Build it with :meth:`from_env` in an app, which turns validation errors into a
+    :class:`~fastapi_dbpool.errors.SettingsError` that names the variable to fix.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", populate_by_name=True, frozen=True, case_sensitive=False
+    )
+
+    url: SecretStr = Field(
+        default=SecretStr(DEFAULT_URL),
+        validation_alias=_env("DATABASE_URL", "url"),
+        description="Database URL; postgresql:// and sqlite:/// map to asyncpg and aiosqlite.",
+    )
+    pool_size: int = Field(
+        default=10, ge=1, le=1000, validation_alias=_env("DB_POOL_SIZE", "pool_size"),
+        description="Connections kept open in the pool.",
+    )
+    max_overflow: int = Field(
+        default=0, ge=0, le=1000, validation_alias=_env("DB_MAX_OVERFLOW", "max_overflow"),
+        description="Extra connections opened under load and closed when returned.",
+    )
+    pool_timeout: float = Field(
+        default=5.0, gt=0, le=3600, validation_alias=_env("DB_POOL_TIMEOUT", "pool_timeout"),
+        description="Seconds a request waits for a free connection before it is answered 503.",
+    )
+    pool_recycle: int = Field(
+        default=1800, ge=-1, validation_alias=_env("DB_POOL_RECYCLE", "pool_recycle"),
+        description="Seconds after which a connection is replaced; -1 never.",
+    )
+    pool_pre_ping: bool = Field(
+        default=True, validation_alias=_env("DB_POOL_PRE_PING", "pool_pre_ping"),
+        description="Test each connection as it leaves the pool and replace it if dead.",
+    )
+    echo: bool = Field(
+        default=False, validation_alias=_env("DB_ECHO", "echo"),
+        description="Log every SQL statement (logger sqlalchemy.engine).",
+    )
+    statement_timeout_ms: int = Field(
+        default=0, ge=0, le=24 * 3600 * 1000,
+        validation_alias=_env("DB_STATEMENT_TIMEOUT_MS", "statement_timeout_ms"),
+        description="Server-side statement_timeout on PostgreSQL; 0 = off.",
+    )
+    connect_timeout: float = Field(
+        default=5.0, gt=0, le=600, validation_alias=_env("DB_CONNECT_TIMEOUT", "connect_timeout"),
+        description="Seconds a new connection attempt may take.",
+    )
+    max_waiting: int = Field(
+        default=0, ge=0, validation_alias=_env("DB_MAX_WAITING", "max_waiting"),
+        description="Requests allowed to wait for a connection at once; beyond it, 503 at once. 0 = unbounded.",
+    )
+    sqlite_busy_timeout_ms: int = Field(
+        default=5000, ge=0, validation_alias=_env("DB_SQLITE_BUSY_TIMEOUT_MS", "sqlite_busy_timeout_ms"),
+        description="How long SQLite waits for another process's write lock.",
+    )
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _normalise(cls, value: Any) -> SecretStr:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(raw, str | URL):
+            raise ValueError("must be a string")
+        if isinstance(raw, URL):
+            raw = raw.render_as_string(hide_password=False)
+        return SecretStr(normalise_url(raw).render_as_string(hide_password=False))
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> DatabaseSettings:
+        """Read the settings from the environment, with keyword *overrides* on top.
+
+        Raises:
+            SettingsError: a value is invalid; the message names the variable and never
+                repeats the URL's password.
+        """
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
+
+    # -- derived values -----------------------------------------------------------------
+
+    @property
+    def sqlalchemy_url(self) -> URL:
+        """The async driver URL, password included: hand it to SQLAlchemy only."""
+        return make_url(self.url.get_secret_value())
+
+    @property
+    def sync_url(self) -> URL:
+        """The same database through the sync driver (psycopg 3 or sqlite3)."""
+        url = self.sqlalchemy_url
+        return url.set(drivername=_SYNC_DRIVERS[url.drivername])
+
+    @property
+    def redacted_url(self) -> str:
+        """The URL with its password replaced by ``***``: safe to log and show."""
+        return redact_url(self.sqlalchemy_url)
+
+    @property
+    def backend(self) -> Backend:
+        """``"postgresql"`` or ``"sqlite"``."""
+        return "sqlite" if self.sqlalchemy_url.drivername.startswith("sqlite") else "postgresql"
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, (self.redacted_url if name == "url" else value)
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        env = _ENV_NAMES.get(field, field)
+        problems.append(f"{env}: {error['msg']}")
+    return "invalid database settings: " + "; ".join(problems)

@@ -1,0 +1,61 @@
+"""The users_api ASGI app: ``users_api.main:app``, or ``create_app()`` for a custom one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+from fastapi_dbpool import Database, DatabaseSettings, health_router
+
+from .processing import resume_stranded
+from .routes import items, users
+
+logger = logging.getLogger("users_api")
+
+# Largest request body accepted; the biggest valid one (an item) is about 41 kB.
+MAX_BODY_BYTES = 256 * 1024
+
+
+def create_app(settings: DatabaseSettings | None = None) -> FastAPI:
+    """Build the app; the database settings come from the environment when omitted."""
+    database = Database(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The database is started by Database.install around this function.
+        resume = asyncio.create_task(_resume(database))
+        try:
+            yield
+        finally:
+            resume.cancel()
+            with suppress(asyncio.CancelledError):
+                await resume
+
+    app = FastAPI(
+        title="users_api",
+        summary="Users and their items, processed in the background: the fastapi_dbpool reference.",
+        version="0.1.0",
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
+    database.install(app)
+    app.include_router(users.router)
+    app.include_router(items.router)
+    app.include_router(health_router())
+    return app
+
+
+async def _resume(database: Database) -> None:
+    try:
+        await resume_stranded(database)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        # The database may be down at start-up; stranded items wait for the next start.
+        logger.warning("could not resume stranded items: %s", type(error).__name__)
+
+
+app = create_app()

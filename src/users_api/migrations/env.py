@@ -1,0 +1,72 @@
+"""Alembic environment: async, on the database DATABASE_URL names, with a NullPool.
+
+Migrations run once and exit, so they take no pool: a NullPool opens one connection
+and closes it. The URL comes from the same settings the app reads (or from
+``config.attributes["connection"]`` / ``sqlalchemy.url`` when a caller provides one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from fastapi_dbpool import DatabaseSettings
+from sqlalchemy import Connection, pool
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from users_api.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    explicit = config.get_main_option("sqlalchemy.url")
+    settings = DatabaseSettings.from_env(**({"url": explicit} if explicit else {}))
+    return settings.sqlalchemy_url.render_as_string(hide_password=False)
+
+
+def _configure(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        # SQLite cannot ALTER most things; batch mode copies the table instead.
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+
+
+def _run(connection: Connection) -> None:
+    _configure(connection)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_async() -> None:
+    engine = create_async_engine(_url(), poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            await connection.run_sync(_run)
+            await connection.commit()
+    finally:
+        await engine.dispose()
+
+
+def run_migrations_offline() -> None:
+    """Emit SQL instead of running it (``alembic upgrade head --sql``)."""
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True,
+                      dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    given = config.attributes.get("connection")
+    if given is not None:
+        _run(given)  # a caller (tests) handed us a sync connection
+    else:
+        asyncio.run(_run_async())

@@ -1,0 +1,116 @@
+"""``/items``: create, read, list, update, delete, and process in the background."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Path, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi_dbpool import DatabaseDep, ReadSessionDep, SessionDep
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from ..models import Item, User
+from ..processing import Claim, claim, process_item
+from ..schemas import INT32_MAX, ItemCreate, ItemOut, ItemStatus, ItemUpdate, ProcessAccepted
+
+router = APIRouter(prefix="/items", tags=["items"])
+
+ItemId = Annotated[int, Path(ge=1, le=INT32_MAX, description="The item's id")]
+Limit = Annotated[int, Query(ge=1, le=100)]
+Offset = Annotated[int, Query(ge=0, le=INT32_MAX)]
+
+
+def _not_found(item_id: int) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"item {item_id} not found")
+
+
+def _unknown_owner(owner_id: int) -> RequestValidationError:
+    return RequestValidationError([{
+        "type": "value_error", "loc": ("body", "owner_id"), "input": owner_id,
+        "msg": f"Value error, no user with id {owner_id}",
+    }])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ItemOut)
+async def create_item(body: ItemCreate, session: SessionDep) -> Item:
+    """Create an item, ``pending``, for an existing user."""
+    if await session.get(User, body.owner_id) is None:
+        raise _unknown_owner(body.owner_id)
+    item = Item(title=body.title, description=body.description, owner_id=body.owner_id)
+    session.add(item)
+    try:
+        await session.flush()
+    except IntegrityError:  # the owner was deleted since we looked
+        raise _unknown_owner(body.owner_id) from None
+    return item
+
+
+@router.get("", response_model=list[ItemOut])
+async def list_items(
+    session: ReadSessionDep,
+    owner_id: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
+    item_status: Annotated[ItemStatus | None, Query(alias="status")] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> list[Item]:
+    """List items by id, optionally of one owner and/or in one status."""
+    query = select(Item).order_by(Item.id).limit(limit).offset(offset)
+    if owner_id is not None:
+        query = query.where(Item.owner_id == owner_id)
+    if item_status is not None:
+        query = query.where(Item.status == item_status)
+    return list(await session.scalars(query))
+
+
+@router.get("/{item_id}", response_model=ItemOut)
+async def get_item(item_id: ItemId, session: ReadSessionDep) -> Item:
+    """Read one item."""
+    item = await session.get(Item, item_id)
+    if item is None:
+        raise _not_found(item_id)
+    return item
+
+
+@router.patch("/{item_id}", response_model=ItemOut)
+async def update_item(item_id: ItemId, body: ItemUpdate, session: SessionDep) -> Item:
+    """Change an item's title and/or description."""
+    item = await session.get(Item, item_id)
+    if item is None:
+        raise _not_found(item_id)
+    for field, value in body.changes().items():
+        setattr(item, field, value)
+    await session.flush()
+    return item
+
+
+@router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+async def delete_item(item_id: ItemId, session: SessionDep) -> None:
+    """Delete an item."""
+    if await session.scalar(delete(Item).where(Item.id == item_id).returning(Item.id)) is None:
+        raise _not_found(item_id)
+
+
+@router.post(
+    "/{item_id}/process",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ProcessAccepted,
+    responses={404: {"description": "No such item"}, 409: {"description": "Already done"}},
+)
+async def process(
+    item_id: ItemId, session: SessionDep, database: DatabaseDep, tasks: BackgroundTasks
+) -> ProcessAccepted:
+    """Queue the item for processing; the 202 is sent after ``queued`` is committed.
+
+    Asking again while it is queued or processing is accepted without a second run;
+    once it is done, 409.
+    """
+    found, now = await claim(session, item_id)
+    if found is Claim.MISSING:
+        raise _not_found(item_id)
+    if found is Claim.DONE:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"item {item_id} is already processed")
+    if found is Claim.QUEUED:
+        # Runs after the response, so after the session's commit: the task sees "queued".
+        tasks.add_task(process_item, database, item_id)
+    return ProcessAccepted.model_validate({"id": item_id, "status": now})

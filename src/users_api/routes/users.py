@@ -1,0 +1,76 @@
+"""``/users``: create, read, list, update, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi_dbpool import ReadSessionDep, SessionDep
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from ..models import User
+from ..schemas import INT32_MAX, UserCreate, UserOut, UserUpdate
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+UserId = Annotated[int, Path(ge=1, le=INT32_MAX, description="The user's id")]
+Limit = Annotated[int, Query(ge=1, le=100)]
+Offset = Annotated[int, Query(ge=0, le=INT32_MAX)]
+
+_TAKEN = "a user with this email already exists"
+
+
+def _not_found(user_id: int) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=UserOut,
+             responses={409: {"description": _TAKEN}})
+async def create_user(body: UserCreate, session: SessionDep) -> User:
+    """Create a user; the email is stored normalised and must be unique."""
+    user = User(name=body.name, email=body.email)
+    session.add(user)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise HTTPException(status.HTTP_409_CONFLICT, _TAKEN) from None
+    return user
+
+
+@router.get("", response_model=list[UserOut])
+async def list_users(session: ReadSessionDep, limit: Limit = 50, offset: Offset = 0) -> list[User]:
+    """List users by id."""
+    return list(await session.scalars(select(User).order_by(User.id).limit(limit).offset(offset)))
+
+
+@router.get("/{user_id}", response_model=UserOut)
+async def get_user(user_id: UserId, session: ReadSessionDep) -> User:
+    """Read one user."""
+    user = await session.get(User, user_id)
+    if user is None:
+        raise _not_found(user_id)
+    return user
+
+
+@router.patch("/{user_id}", response_model=UserOut, responses={409: {"description": _TAKEN}})
+async def update_user(user_id: UserId, body: UserUpdate, session: SessionDep) -> User:
+    """Change a user's name and/or email."""
+    user = await session.get(User, user_id)
+    if user is None:
+        raise _not_found(user_id)
+    for field, value in body.changes().items():
+        setattr(user, field, value)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise HTTPException(status.HTTP_409_CONFLICT, _TAKEN) from None
+    return user
+
+
+@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+async def delete_user(user_id: UserId, session: SessionDep) -> None:
+    """Delete a user and, by the foreign key's cascade, their items."""
+    deleted = await session.scalar(delete(User).where(User.id == user_id).returning(User.id))
+    if deleted is None:
+        raise _not_found(user_id)
