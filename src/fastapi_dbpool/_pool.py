@@ -162,7 +162,9 @@ class PoolMonitor:
         for observer in self._checkin_observers:
             observer(record, held)
 
-    def _on_invalidate(self, dbapi_connection: Any, record: ConnectionPoolEntry, error: Any) -> None:
+    def _on_invalidate(
+        self, dbapi_connection: Any, record: ConnectionPoolEntry, error: Any
+    ) -> None:
         self.invalidations_total += 1
 
     # -- called by MonitoredPool --------------------------------------------------------

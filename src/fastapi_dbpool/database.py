@@ -8,7 +8,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import NullPool
 
 from ._cleanup import run_to_completion, wait_for_pending_cleanups
@@ -76,8 +81,10 @@ class Database:
         return self._engine
 
     async def start(self) -> None:
-        """Create the engine and session factories. Does not connect: a database that
-        is down at start-up leaves the app serving, and not ready, until it is back.
+        """Create the engine and session factories, without connecting.
+
+        A database that is down at start-up leaves the app serving, and not ready,
+        until it is back.
         """
         if self._engine is not None:
             return
@@ -93,8 +100,13 @@ class Database:
         self._read_sessions = async_sessionmaker(read_engine, expire_on_commit=False)
         logger.info(
             "database started",
-            extra={"pool": self.name, "event": "start", "url": settings.redacted_url,
-                   "pool_size": settings.pool_size, "max_overflow": settings.max_overflow},
+            extra={
+                "pool": self.name,
+                "event": "start",
+                "url": settings.redacted_url,
+                "pool_size": settings.pool_size,
+                "max_overflow": settings.max_overflow,
+            },
         )
 
     async def stop(self) -> None:
@@ -205,8 +217,11 @@ class Database:
             )
             if self.settings.backend == "sqlite":
                 # Pragmas only; the probe runs SELECT 1 in autocommit and needs no gate.
-                configure_sqlite(self._probe_engine.sync_engine, WriteGate(0.1),
-                                 self.settings.sqlite_busy_timeout_ms)
+                configure_sqlite(
+                    self._probe_engine.sync_engine,
+                    WriteGate(0.1),
+                    self.settings.sqlite_busy_timeout_ms,
+                )
         return self._probe_engine
 
     # -- engine options -----------------------------------------------------------------
@@ -262,5 +277,6 @@ async def _discard_quietly(session: AsyncSession) -> None:
     try:
         await _discard(session)
     except Exception:
-        logger.warning("rollback failed after an error", exc_info=True,
-                       extra={"event": "rollback_failed"})
+        logger.warning(
+            "rollback failed after an error", exc_info=True, extra={"event": "rollback_failed"}
+        )

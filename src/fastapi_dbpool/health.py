@@ -51,7 +51,9 @@ class HealthReport:
         return {
             "status": "ok" if self.ok else "failing",
             "checks": {
-                check.name: {k: v for k, v in asdict(check).items() if k != "name" and v is not None}
+                check.name: {
+                    k: v for k, v in asdict(check).items() if k != "name" and v is not None
+                }
                 | {"status": "ok" if check.ok else "failing"}
                 for check in self.checks
             },
@@ -69,8 +71,11 @@ async def probe_database(database: Database, timeout: float = DEFAULT_PROBE_TIME
     except TimeoutError:
         return Check("database", False, f"no answer within {timeout:g} s")
     except Exception as error:  # any failure means "not ready"; details go to the log only
-        logger.warning("readiness probe failed: %s", type(error).__name__,
-                       extra={"event": "probe_failed", "pool": database.name})
+        logger.warning(
+            "readiness probe failed: %s",
+            type(error).__name__,
+            extra={"event": "probe_failed", "pool": database.name},
+        )
         return Check("database", False, "unreachable")
     return Check("database", True)
 
@@ -85,7 +90,9 @@ def check_pool(database: Database) -> Check:
     return Check("pool", True)
 
 
-async def check_readiness(database: Database, timeout: float = DEFAULT_PROBE_TIMEOUT) -> HealthReport:
+async def check_readiness(
+    database: Database, timeout: float = DEFAULT_PROBE_TIMEOUT
+) -> HealthReport:
     """Check the database (bounded by *timeout*) and the pool."""
     return HealthReport([await probe_database(database, timeout), check_pool(database)])
 

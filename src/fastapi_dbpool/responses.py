@@ -17,12 +17,15 @@ message, which can name hosts, users or values. The full error is logged instead
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from .errors import DatabaseUnavailable, PoolTimeout, StatementTimeout
 
@@ -52,7 +55,8 @@ def classify(error: BaseException) -> tuple[int, str, str] | None:
     if isinstance(error, sa_exc.DataError):
         return 422, "invalid_value", "A value was not accepted by the database."
     if isinstance(error, sa_exc.DBAPIError) and (
-        error.connection_invalidated or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
+        error.connection_invalidated
+        or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
     ):
         return 503, "database_unavailable", "The database is unavailable; retry shortly."
     return None
@@ -78,7 +82,11 @@ async def _handle(request: Request, error: Exception) -> JSONResponse:
         raise error  # not ours to answer: the server's default 500 and traceback
     status, reason, detail = mapped
     logger.warning(
-        "%s %s answered %d: %s", request.method, request.url.path, status, _describe(error),
+        "%s %s answered %d: %s",
+        request.method,
+        request.url.path,
+        status,
+        _describe(error),
         extra={"event": "db_error", "reason": reason, "status": status},
     )
     headers = {"Retry-After": str(_retry_after(error))} if status == 503 else None
@@ -95,7 +103,18 @@ def _describe(error: BaseException) -> str:
     return type(orig if orig is not None else error).__name__
 
 
+async def _validation_error(request: Request, error: Exception) -> Response:
+    # FastAPI's own handler echoes the input back and encodes it as UTF-8, which
+    # fails (a 500) on a lone surrogate such as "\ud800" in the body. Escaping
+    # non-ASCII characters gives the same JSON for every valid input, and a 422
+    # for that one.
+    assert isinstance(error, RequestValidationError)
+    body = json.dumps({"detail": jsonable_encoder(error.errors())}, ensure_ascii=True)
+    return Response(body, status_code=422, media_type="application/json")
+
+
 def install_error_handlers(app: Any) -> None:
     """Register the handlers on *app* (done by :meth:`Database.install`)."""
     for error_type in (DatabaseUnavailable, sa_exc.TimeoutError, sa_exc.DBAPIError):
         app.add_exception_handler(error_type, _handle)
+    app.add_exception_handler(RequestValidationError, _validation_error)

@@ -79,7 +79,9 @@ def normalise_url(raw: str) -> URL:
     if driver.startswith("sqlite"):
         if url.database in (None, "", ":memory:") or "mode=memory" in str(url.query):
             # Every pooled connection would get its own empty in-memory database.
-            raise ValueError("names an in-memory SQLite database; use a file, e.g. sqlite:///./app.db")
+            raise ValueError(
+                "names an in-memory SQLite database; use a file, e.g. sqlite:///./app.db"
+            )
     elif "sslmode" in url.query:
         # libpq spells it sslmode, asyncpg spells it ssl; accept the libpq spelling.
         mode = url.query["sslmode"]
@@ -104,44 +106,66 @@ class DatabaseSettings(BaseSettings):
         description="Database URL; postgresql:// and sqlite:/// map to asyncpg and aiosqlite.",
     )
     pool_size: int = Field(
-        default=10, ge=1, le=1000, validation_alias=_env("DB_POOL_SIZE", "pool_size"),
+        default=10,
+        ge=1,
+        le=1000,
+        validation_alias=_env("DB_POOL_SIZE", "pool_size"),
         description="Connections kept open in the pool.",
     )
     max_overflow: int = Field(
-        default=0, ge=0, le=1000, validation_alias=_env("DB_MAX_OVERFLOW", "max_overflow"),
+        default=0,
+        ge=0,
+        le=1000,
+        validation_alias=_env("DB_MAX_OVERFLOW", "max_overflow"),
         description="Extra connections opened under load and closed when returned.",
     )
     pool_timeout: float = Field(
-        default=5.0, gt=0, le=3600, validation_alias=_env("DB_POOL_TIMEOUT", "pool_timeout"),
+        default=5.0,
+        gt=0,
+        le=3600,
+        validation_alias=_env("DB_POOL_TIMEOUT", "pool_timeout"),
         description="Seconds a request waits for a free connection before it is answered 503.",
     )
     pool_recycle: int = Field(
-        default=1800, ge=-1, validation_alias=_env("DB_POOL_RECYCLE", "pool_recycle"),
+        default=1800,
+        ge=-1,
+        validation_alias=_env("DB_POOL_RECYCLE", "pool_recycle"),
         description="Seconds after which a connection is replaced; -1 never.",
     )
     pool_pre_ping: bool = Field(
-        default=True, validation_alias=_env("DB_POOL_PRE_PING", "pool_pre_ping"),
+        default=True,
+        validation_alias=_env("DB_POOL_PRE_PING", "pool_pre_ping"),
         description="Test each connection as it leaves the pool and replace it if dead.",
     )
     echo: bool = Field(
-        default=False, validation_alias=_env("DB_ECHO", "echo"),
+        default=False,
+        validation_alias=_env("DB_ECHO", "echo"),
         description="Log every SQL statement (logger sqlalchemy.engine).",
     )
     statement_timeout_ms: int = Field(
-        default=0, ge=0, le=24 * 3600 * 1000,
+        default=0,
+        ge=0,
+        le=24 * 3600 * 1000,
         validation_alias=_env("DB_STATEMENT_TIMEOUT_MS", "statement_timeout_ms"),
         description="Server-side statement_timeout on PostgreSQL; 0 = off.",
     )
     connect_timeout: float = Field(
-        default=5.0, gt=0, le=600, validation_alias=_env("DB_CONNECT_TIMEOUT", "connect_timeout"),
+        default=5.0,
+        gt=0,
+        le=600,
+        validation_alias=_env("DB_CONNECT_TIMEOUT", "connect_timeout"),
         description="Seconds a new connection attempt may take.",
     )
     max_waiting: int = Field(
-        default=0, ge=0, validation_alias=_env("DB_MAX_WAITING", "max_waiting"),
-        description="Requests allowed to wait for a connection at once; beyond it, 503 at once. 0 = unbounded.",
+        default=0,
+        ge=0,
+        validation_alias=_env("DB_MAX_WAITING", "max_waiting"),
+        description="Requests that may wait for a connection at once (0 = unbounded).",
     )
     sqlite_busy_timeout_ms: int = Field(
-        default=5000, ge=0, validation_alias=_env("DB_SQLITE_BUSY_TIMEOUT_MS", "sqlite_busy_timeout_ms"),
+        default=5000,
+        ge=0,
+        validation_alias=_env("DB_SQLITE_BUSY_TIMEOUT_MS", "sqlite_busy_timeout_ms"),
         description="How long SQLite waits for another process's write lock.",
     )
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
+
 from fastapi_dbpool import Database, DatabaseSettings, health_router
 
 from .processing import resume_stranded

@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 from enum import Enum
 
-from fastapi_dbpool import Database
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from fastapi_dbpool import Database
 
 from .models import Item, utcnow
 

@@ -50,8 +50,11 @@ def _utc_iso(value: datetime) -> str:
     return value.isoformat(timespec="microseconds")
 
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-                 AfterValidator(_storable)]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_storable),
+]
 Title = Name
 Description = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(_storable)]
 Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_normalise_email)]

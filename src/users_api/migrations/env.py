@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from fastapi_dbpool import DatabaseSettings
 from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from fastapi_dbpool import DatabaseSettings
 from users_api.models import Base
 
 config = context.config
@@ -56,8 +56,12 @@ async def _run_async() -> None:
 
 def run_migrations_offline() -> None:
     """Emit SQL instead of running it (``alembic upgrade head --sql``)."""
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True,
-                      dialect_opts={"paramstyle": "named"})
+    context.configure(
+        url=_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi_dbpool import DatabaseDep, ReadSessionDep, SessionDep
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+
+from fastapi_dbpool import DatabaseDep, ReadSessionDep, SessionDep
 
 from ..models import Item, User
 from ..processing import Claim, claim, process_item
@@ -26,10 +27,16 @@ def _not_found(item_id: int) -> HTTPException:
 
 
 def _unknown_owner(owner_id: int) -> RequestValidationError:
-    return RequestValidationError([{
-        "type": "value_error", "loc": ("body", "owner_id"), "input": owner_id,
-        "msg": f"Value error, no user with id {owner_id}",
-    }])
+    return RequestValidationError(
+        [
+            {
+                "type": "value_error",
+                "loc": ("body", "owner_id"),
+                "input": owner_id,
+                "msg": f"Value error, no user with id {owner_id}",
+            }
+        ]
+    )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ItemOut)

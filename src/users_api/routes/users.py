@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
-from fastapi_dbpool import ReadSessionDep, SessionDep
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+
+from fastapi_dbpool import ReadSessionDep, SessionDep
 
 from ..models import User
 from ..schemas import INT32_MAX, UserCreate, UserOut, UserUpdate
@@ -25,8 +26,12 @@ def _not_found(user_id: int) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=UserOut,
-             responses={409: {"description": _TAKEN}})
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserOut,
+    responses={409: {"description": _TAKEN}},
+)
 async def create_user(body: UserCreate, session: SessionDep) -> User:
     """Create a user; the email is stored normalised and must be unique."""
     user = User(name=body.name, email=body.email)
