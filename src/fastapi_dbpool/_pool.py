@@ -44,6 +44,7 @@ class PoolSnapshot:
         timeouts_total: Callers that gave up after ``DB_POOL_TIMEOUT`` or were shed.
         connects_total: New server connections opened.
         invalidations_total: Connections thrown away as broken.
+        leaks_total: Checkouts held past ``DB_LEAK_THRESHOLD_S`` (leak detection).
         wait_seconds_total: Time spent waiting, summed over callers.
         wait_seconds_max: Longest single wait.
     """
@@ -59,6 +60,7 @@ class PoolSnapshot:
     timeouts_total: int
     connects_total: int
     invalidations_total: int
+    leaks_total: int
     wait_seconds_total: float
     wait_seconds_max: float
 
@@ -88,6 +90,7 @@ class PoolMonitor:
         self.timeouts_total = 0
         self.connects_total = 0
         self.invalidations_total = 0
+        self.leaks_total = 0  # incremented by leak detection
         self.wait_seconds_total = 0.0
         self.wait_seconds_max = 0.0
         self._pool: MonitoredPool | None = None
@@ -138,6 +141,7 @@ class PoolMonitor:
             timeouts_total=self.timeouts_total,
             connects_total=self.connects_total,
             invalidations_total=self.invalidations_total,
+            leaks_total=self.leaks_total,
             wait_seconds_total=self.wait_seconds_total,
             wait_seconds_max=self.wait_seconds_max,
         )
