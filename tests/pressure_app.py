@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
@@ -113,6 +114,14 @@ async def started(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
         await assert_pool_idle(app.state.fastapi_dbpool)
     gc.collect()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until *condition()* is true; fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
 
 
 def from_env() -> FastAPI:

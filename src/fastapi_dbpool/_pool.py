@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event, exc
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool
+from sqlalchemy.pool import (
+    AsyncAdaptedQueuePool,
+    ConnectionPoolEntry,
+    Pool,
+    PoolProxiedConnection,
+)
 
 from .errors import ConnectFailed, PoolTimeout, TooManyWaiting
 
@@ -209,7 +214,7 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         # Fast path: a free connection, or room to open one; no waiting to account for.
         if self.checkedout() < self.size() + self.max_overflow:
             started = time.perf_counter()
-            entry = self._get_or_connect()
+            entry = super()._do_get()
             monitor._waited(time.perf_counter() - started)
             return entry
         if monitor.max_waiting and monitor.waiting >= monitor.max_waiting:
@@ -221,7 +226,7 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         monitor.waiting += 1
         started = time.perf_counter()
         try:
-            entry = self._get_or_connect()
+            entry = super()._do_get()
         except exc.TimeoutError:
             monitor.timeouts_total += 1
             raise PoolTimeout(
@@ -235,9 +240,15 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         monitor._waited(time.perf_counter() - started)
         return entry
 
-    def _get_or_connect(self) -> ConnectionPoolEntry:
+    def connect(self) -> PoolProxiedConnection:
+        """Check a connection out; raise ConnectFailed when the server cannot be reached.
+
+        Wrapped here, around the whole checkout, and not only in ``_do_get``: when a
+        pooled connection fails its pre-ping, SQLAlchemy reconnects inside the checkout,
+        and a refused reconnect would otherwise escape as a bare ``OSError`` (a 500).
+        """
         try:
-            return super()._do_get()
+            return super().connect()
         except (OSError, TimeoutError) as error:
             # The driver could not reach the server (refused, unreachable, or slower
             # than DB_CONNECT_TIMEOUT). Its message can name the host: keep it in the

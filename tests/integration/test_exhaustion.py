@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings
-from tests.pressure_app import create_app, started
+from tests.pressure_app import create_app, started, until
 from tests.servers import uvicorn_server
 
 # The margin past DB_POOL_TIMEOUT within which a waiting request is answered; the
@@ -68,9 +68,9 @@ async def test_max_waiting_sheds_at_once(database_url: str) -> None:
     app = create_app(settings)
     async with started(app) as client:
         holders = [asyncio.create_task(_timed(client, "GET", "/hold?seconds=3")) for _ in range(2)]
-        await _until(lambda: app.state.fastapi_dbpool.pool_snapshot().checked_out == 2)
+        await until(lambda: app.state.fastapi_dbpool.pool_snapshot().checked_out == 2)
         waiters = [asyncio.create_task(_timed(client, "GET", "/hold?seconds=0")) for _ in range(2)]
-        await _until(lambda: app.state.fastapi_dbpool.pool_snapshot().waiting == 2)
+        await until(lambda: app.state.fastapi_dbpool.pool_snapshot().waiting == 2)
         shed = await asyncio.gather(*(_timed(client, "GET", "/hold?seconds=0") for _ in range(6)))
         waited = await asyncio.gather(*waiters)
         held = await asyncio.gather(*holders)
@@ -105,13 +105,6 @@ async def test_write_gate_wait_is_503_not_500(database_url: str, backend: str) -
         if response.status_code == 503:
             assert_busy_answer(response)
             assert timeout - 0.05 <= elapsed <= timeout + MARGIN_S, elapsed
-
-
-async def _until(condition: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.slow
