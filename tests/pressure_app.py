@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Query
 from sqlalchemy import text
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fastapi_dbpool import (
     Database,
@@ -53,10 +55,52 @@ def pool_stats(database: Database, *, collect: bool = False) -> dict[str, Any]:
     return asdict(database.pool_snapshot())
 
 
-def create_app(settings: DatabaseSettings | None = None, *, probe_timeout: float = 1.0) -> FastAPI:
-    """Build the pressure app on *settings* (from the environment when omitted)."""
+class RequestTimeout:
+    """Pure ASGI middleware: cancel a request after *seconds*, answer 504 if nothing was sent.
+
+    The usual shape of a request deadline; it cancels the handler wherever it is, which
+    is what the cancellation tests need.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.seconds):
+                await self.app(scope, receive, send_tracking)
+        except TimeoutError:
+            if not response_started:
+                timed_out = JSONResponse({"detail": "request timed out"}, status_code=504)
+                await timed_out(scope, receive, send)
+
+
+def create_app(
+    settings: DatabaseSettings | None = None,
+    *,
+    probe_timeout: float = 1.0,
+    request_timeout: float | None = None,
+) -> FastAPI:
+    """Build the pressure app on *settings* (from the environment when omitted).
+
+    With *request_timeout* (seconds), a :class:`RequestTimeout` middleware cancels
+    slower requests.
+    """
     database = Database(settings)
     app = FastAPI()
+    if request_timeout is not None:
+        app.add_middleware(RequestTimeout, seconds=request_timeout)
     database.install(app)
     app.include_router(health_router(probe_timeout=probe_timeout))
 

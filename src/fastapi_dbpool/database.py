@@ -19,6 +19,7 @@ from sqlalchemy.pool import NullPool
 from ._cleanup import run_to_completion, wait_for_pending_cleanups
 from ._pool import MonitoredPool, PoolMonitor, PoolSnapshot
 from ._sqlite import READ_ONLY_OPTION, WriteGate, configure_sqlite
+from ._sqlite_interrupt import install_statement_guard
 from .errors import DatabaseNotStarted
 from .settings import DatabaseSettings
 
@@ -94,6 +95,7 @@ class Database:
         if settings.backend == "sqlite":
             self.write_gate = WriteGate(timeout=settings.pool_timeout)
             configure_sqlite(engine.sync_engine, self.write_gate, settings.sqlite_busy_timeout_ms)
+            install_statement_guard(engine.sync_engine, settings.statement_timeout_ms)
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         read_engine = engine.execution_options(**self._read_only_options())
