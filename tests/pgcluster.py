@@ -31,7 +31,14 @@ import pytest
 
 from tests.backends import REQUIRE_POSTGRES, skip_or_fail
 
-__all__ = ["PgCluster", "free_port", "pg_cluster", "server_bindir"]
+__all__ = [
+    "PgCluster",
+    "as_server_user",
+    "free_port",
+    "give_to_server_user",
+    "pg_cluster",
+    "server_bindir",
+]
 
 RUN_AS = "postgres"
 
@@ -66,10 +73,7 @@ class PgCluster:
         self.datadir = self.root / "data"
         self.logfile = self.root / "server.log"
         self.running = False
-        self._user = _run_as_user()
-        if self._user is not None:
-            uid, gid = self._user.pw_uid, self._user.pw_gid
-            os.chown(self.root, uid, gid)
+        give_to_server_user(self.root)
 
     @property
     def url(self) -> str:
@@ -77,9 +81,7 @@ class PgCluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str, timeout: float = 60) -> None:
-        command = [str(self.bindir / args[0]), *args[1:]]
-        if self._user is not None:
-            command = ["runuser", "-u", self._user.pw_name, "--", *command]
+        command = as_server_user([str(self.bindir / args[0]), *args[1:]])
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
             log = self.logfile.read_text() if self.logfile.exists() else ""
@@ -151,13 +153,27 @@ class PgCluster:
         self.destroy()
 
 
-def _run_as_user() -> pwd.struct_passwd | None:
+def _server_user() -> pwd.struct_passwd | None:
+    """The user servers run as: ``postgres`` when we are root (servers refuse root)."""
     if os.geteuid() != 0:
         return None
     try:
         return pwd.getpwnam(RUN_AS)
     except KeyError:
         raise RuntimeError(f"running as root and there is no {RUN_AS!r} user") from None
+
+
+def as_server_user(command: list[str]) -> list[str]:
+    """*command*, run as the server user when we are root."""
+    user = _server_user()
+    return command if user is None else ["runuser", "-u", user.pw_name, "--", *command]
+
+
+def give_to_server_user(path: Path) -> None:
+    """Make *path* (a directory we created) the server user's, when we are root."""
+    user = _server_user()
+    if user is not None:
+        os.chown(path, user.pw_uid, user.pw_gid)
 
 
 @pytest.fixture(scope="module")

@@ -241,7 +241,7 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         return entry
 
     def connect(self) -> PoolProxiedConnection:
-        """Check a connection out; raise ConnectFailed when the server cannot be reached.
+        """Check a connection out; raise ConnectFailed when no connection can be opened.
 
         Wrapped here, around the whole checkout, and not only in ``_do_get``: when a
         pooled connection fails its pre-ping, SQLAlchemy reconnects inside the checkout,
@@ -249,14 +249,24 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         """
         try:
             return super().connect()
-        except (OSError, TimeoutError) as error:
-            # The driver could not reach the server (refused, unreachable, or slower
-            # than DB_CONNECT_TIMEOUT). Its message can name the host: keep it in the
-            # chain for the logs, out of the message that may reach a client.
+        except self._connect_errors() as error:
+            # The driver could not reach the server (refused, unreachable, slower than
+            # DB_CONNECT_TIMEOUT), or the server (or a PgBouncer) refused the session.
+            # Its message can name the host or user: keep it in the chain for the
+            # logs, out of the message that may reach a client.
             raise ConnectFailed(
                 f"could not connect to the database ({type(error).__name__}); "
                 "check DATABASE_URL and that the server is up, or raise DB_CONNECT_TIMEOUT"
             ) from error
+
+    def _connect_errors(self) -> tuple[type[BaseException], ...]:
+        # Network errors, and the driver's own errors raised while opening a session
+        # (authentication, a refused startup parameter, too many clients).
+        dbapi = getattr(self._dialect, "loaded_dbapi", None)
+        driver_error = getattr(dbapi, "Error", None)
+        if isinstance(driver_error, type) and issubclass(driver_error, BaseException):
+            return (OSError, TimeoutError, driver_error)
+        return (OSError, TimeoutError)
 
 
 def monitor_of(pool: Pool) -> PoolMonitor | None:

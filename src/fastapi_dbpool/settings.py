@@ -168,6 +168,14 @@ class DatabaseSettings(BaseSettings):
         validation_alias=_env("DB_SQLITE_BUSY_TIMEOUT_MS", "sqlite_busy_timeout_ms"),
         description="How long SQLite waits for another process's write lock.",
     )
+    pgbouncer: bool = Field(
+        default=False,
+        validation_alias=_env("DB_PGBOUNCER", "pgbouncer"),
+        description=(
+            "PostgreSQL is reached through PgBouncer in transaction mode: no prepared "
+            "statement cache, statement_timeout by SET LOCAL in each transaction."
+        ),
+    )
 
     @field_validator("url", mode="before")
     @classmethod
