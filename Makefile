@@ -21,8 +21,8 @@ run: $(STAMP)  ## migrate the database named by DATABASE_URL and serve on http:/
 	$(BIN)/uvicorn users_api.main:app --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff format --check src tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
