@@ -13,3 +13,12 @@ def passwords() -> st.SearchStrategy[str]:
     return st.text(alphabet, min_size=12, max_size=40).filter(
         lambda p: p.strip() == p and "***" not in p
     )
+
+
+def handler_outcomes() -> st.SearchStrategy[tuple[str, int]]:
+    """What a handler does after writing: return a 2xx/3xx, raise an HTTP error, or crash."""
+    return st.one_of(
+        st.tuples(st.just("return"), st.sampled_from([200, 201, 202, 204, 301, 304])),
+        st.tuples(st.just("http_error"), st.integers(min_value=400, max_value=599)),
+        st.tuples(st.just("crash"), st.just(500)),
+    )

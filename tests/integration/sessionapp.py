@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import BackgroundTasks, FastAPI, HTTPException
+from fastapi import BackgroundTasks, FastAPI, HTTPException, Response
 from sqlalchemy import ForeignKey, Integer, String, create_engine, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -117,6 +117,16 @@ def build_app(settings: DatabaseSettings, observations: list[dict[str, Any]]) ->
         session.add(child)
         await session.flush()  # passes: the foreign key is checked at COMMIT
         return {"id": child.id}
+
+    @app.post("/outcome")
+    async def outcome(kind: str, status: int, session: SessionDep) -> Response:
+        session.add(Parent(name=f"{kind}-{status}"))
+        await session.flush()
+        if kind == "return":
+            return Response(status_code=status)
+        if kind == "http_error":
+            raise HTTPException(status, "as asked")
+        raise RuntimeError("as asked")
 
     @app.get("/parents/count")
     async def parents(session: ReadSessionDep) -> int:
