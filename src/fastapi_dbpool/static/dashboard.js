@@ -13,7 +13,7 @@
 
   function formatNumber(value) {
     if (value === null || value === undefined || Number.isNaN(value)) return "–";
-    if (value === 0) return "0";
+    if (Number.isInteger(value)) return value.toLocaleString("en");
     const abs = Math.abs(value);
     if (abs >= 100) return Math.round(value).toLocaleString("en");
     if (abs >= 10) return value.toFixed(1);
@@ -37,16 +37,26 @@
 
   // -- charts ---------------------------------------------------------------------
 
-  function niceCeiling(value) {
-    if (value <= 0) return 1;
+  // A tick step of 1, 2, 2.5 or 5 times a power of ten, at least value; counts
+  // (integer charts) never get a fractional step.
+  function niceStep(value, integer) {
+    if (value <= 0) return integer ? 1 : 0.025;
     const power = Math.pow(10, Math.floor(Math.log10(value)));
-    for (const step of [1, 2, 2.5, 5, 10]) if (value <= step * power) return step * power;
+    const steps = integer && power < 10 ? [1, 2, 5, 10] : [1, 2, 2.5, 5, 10];
+    for (const step of steps) if (value <= step * power) return Math.max(step * power, integer ? 1 : 0);
     return 10 * power;
   }
 
-  // Draw lines of {values, stroke, fill?, dash?} against times t on the last `span`
-  // seconds ending at `end`. Null values leave gaps.
-  function drawChart(canvas, t, end, span, lines, floorMax) {
+  // Seconds to show: the history there is, at least a minute, at most `kept`.
+  function visibleSpan(t, end, kept) {
+    const have = t.length ? end - t[0] : 0;
+    return Math.min(kept, Math.max(60, Math.ceil(have / 60) * 60));
+  }
+
+  // Draw lines of {values, stroke, fill?, dash?} against times t over the `span`
+  // seconds ending at `end`; `level`, if given, is a dashed horizontal line (a limit).
+  // Null values leave gaps.
+  function drawChart(canvas, t, end, span, lines, options) {
     const ratio = window.devicePixelRatio || 1;
     const width = canvas.clientWidth, height = canvas.clientHeight;
     if (canvas.width !== Math.round(width * ratio)) canvas.width = Math.round(width * ratio);
@@ -56,10 +66,13 @@
     g.clearRect(0, 0, width, height);
     const left = 44, right = 8, top = 8, bottom = 20;
     const plotW = width - left - right, plotH = height - top - bottom;
-    let peak = floorMax;
-    for (const line of lines) for (const v of line.values) if (v !== null && v > peak) peak = v;
-    const yMax = niceCeiling(peak);
     const start = end - span;
+    let peak = options.level || 0;
+    for (const line of lines) {
+      line.values.forEach((v, i) => { if (v !== null && t[i] >= start && v > peak) peak = v; });
+    }
+    const step = niceStep(peak / 4, options.integer);
+    const yMax = step * 4;
     const x = (time) => left + ((time - start) / span) * plotW;
     const y = (value) => top + plotH - (value / yMax) * plotH;
 
@@ -70,24 +83,30 @@
     g.textAlign = "right";
     g.textBaseline = "middle";
     for (let i = 0; i <= 4; i++) {
-      const value = (yMax * i) / 4, py = Math.round(y(value)) + 0.5;
+      const py = Math.round(y(step * i)) + 0.5;
       g.beginPath(); g.moveTo(left, py); g.lineTo(width - right, py); g.stroke();
-      g.fillText(formatNumber(value), left - 6, py);
+      g.fillText(formatNumber(Math.round(step * i * 1000) / 1000), left - 6, py);
     }
     g.textAlign = "center";
     g.textBaseline = "top";
-    const minutes = Math.round(span / 60);
-    for (let m = minutes; m >= 0; m--) {
-      const px = x(end - m * 60);
-      g.fillText(m === 0 ? "now" : "-" + m + " min", Math.min(Math.max(px, left + 12), width - right - 12), top + plotH + 5);
+    const tick = span <= 120 ? 15 : 60;
+    for (let ago = span; ago >= 0; ago -= tick) {
+      const label = ago === 0 ? "now" : tick < 60 ? "-" + ago + " s" : "-" + ago / 60 + " min";
+      const px = Math.min(Math.max(x(end - ago), left + 14), width - right - 14);
+      g.fillText(label, px, top + plotH + 5);
     }
 
+    g.save();
+    g.beginPath(); g.rect(left, top, plotW, plotH); g.clip();
+    if (options.level) {
+      g.strokeStyle = color("capacity");
+      g.setLineDash([4, 4]);
+      g.beginPath(); g.moveTo(left, y(options.level)); g.lineTo(width - right, y(options.level)); g.stroke();
+      g.setLineDash([]);
+    }
     for (const line of lines) {
-      g.save();
-      g.beginPath(); g.rect(left, top, plotW, plotH); g.clip();
       g.strokeStyle = line.stroke;
       g.lineWidth = line.width || 1.5;
-      g.setLineDash(line.dash || []);
       let run = [];
       const flush = () => {
         if (!run.length) return;
@@ -111,8 +130,8 @@
         else run.push([x(t[i]), y(v)]);
       }
       flush();
-      g.restore();
     }
+    g.restore();
   }
 
   // -- one pool -------------------------------------------------------------------
@@ -130,7 +149,7 @@
     return section;
   }
 
-  function renderPool(pool, span) {
+  function renderPool(pool, kept) {
     const section = sectionFor(pool);
     const s = pool.series, now = pool.now;
     section.querySelector(".pool-config").textContent =
@@ -147,28 +166,27 @@
       section.querySelector('[data-metric="' + key + '"]').textContent = formatNumber(value);
     }
     const end = s.t.length ? s.t[s.t.length - 1] : Date.now() / 1000;
+    const span = visibleSpan(s.t, end, kept);
     const chart = (name) => section.querySelector('[data-chart="' + name + '"]');
-    const capacity = s.t.map(() => pool.capacity);
     drawChart(chart("connections"), s.t, end, span, [
-      { values: capacity, stroke: color("capacity"), dash: [4, 4], width: 1 },
       { values: s.checked_out, stroke: color("inuse"), fill: true, width: 2 },
       { values: s.overflow, stroke: color("overflow") },
-    ], 1);
+    ], { integer: true, level: pool.capacity });
     drawChart(chart("waiting"), s.t, end, span, [
       { values: s.waiting, stroke: color("waiting"), fill: true, width: 2 },
-    ], 1);
+    ], { integer: true });
     drawChart(chart("wait"), s.t, end, span, [
       { values: s.wait_max_ms, stroke: color("wait-max") },
       { values: s.wait_avg_ms, stroke: color("wait"), width: 2 },
-    ], 0.1);
+    ], {});
     drawChart(chart("hold"), s.t, end, span, [
       { values: s.hold_max_ms, stroke: color("hold-max") },
       { values: s.hold_avg_ms, stroke: color("hold"), width: 2 },
-    ], 0.1);
+    ], {});
     drawChart(chart("rate"), s.t, end, span, [
       { values: s.checkouts, stroke: color("rate"), fill: true, width: 2 },
       { values: s.timeouts, stroke: color("timeouts") },
-    ], 1);
+    ], { integer: true });
     if (now.waiting > 0 || now.checked_out >= pool.capacity) return "saturated";
     if (now.checked_out >= 0.8 * pool.capacity) return "busy";
     return "ok";
