@@ -42,7 +42,9 @@ def chromium_binary() -> str:
     """The path of chromium; skips the test (fails under REQUIRE_SYSTEM_DEPS=1) without it."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        skip_or_fail("chromium is not installed (apt-get install chromium)", required=REQUIRE_SYSTEM_DEPS)
+        skip_or_fail(
+            "chromium is not installed (apt-get install chromium)", required=REQUIRE_SYSTEM_DEPS
+        )
     assert path is not None
     return path
 
@@ -148,7 +150,9 @@ def chromium_page(width: int = 1280, height: int = 900) -> Iterator[Page]:
             with connect(endpoint, max_size=64 * 2**20, open_timeout=20) as socket:
                 ids = itertools.count(1)
                 events: list[dict[str, Any]] = []
-                target = _call(socket, ids, "Target.createTarget", {"url": "about:blank"}, None, events, 30)
+                target = _call(
+                    socket, ids, "Target.createTarget", {"url": "about:blank"}, None, events, 30
+                )
                 attached = _call(
                     socket,
                     ids,

@@ -32,22 +32,22 @@ RequestRecorder = Callable[[str, str, int, float], None]
 def route_template(scope: Scope, entry_root_path: str = "") -> str:
     """Return the route template the router matched for *scope*, or :data:`UNMATCHED`.
 
-    Read after the app has handled the request: Starlette's router stores the
-    matched route in ``scope["route"]``. Under a ``Mount`` the route's template is
-    relative to the mount, whose prefix is the part of ``root_path`` the mounts
-    added since *entry_root_path*. A mount path with parameters contributes its
-    matched text, since the router keeps no template for it.
+    Read after the app has handled the request: the router stores the matched route
+    in ``scope["route"]``. Under a mount the route's template is relative to the
+    mount, whose prefix is what the mounts added to ``root_path`` since
+    *entry_root_path*. A mounted app that keeps no route (static files, a plain ASGI
+    app, or no match inside it) is labelled ``<mount prefix>/{path}``: one label per
+    mount. A mount path with parameters contributes its matched text, since the
+    router keeps no template for it.
     """
-    route = scope.get("route")
-    path_format = getattr(route, "path_format", None)
-    if not isinstance(path_format, str):
-        return UNMATCHED
     root_path: str = scope.get("root_path", "")
     prefix = root_path[len(entry_root_path) :] if root_path.startswith(entry_root_path) else ""
-    if isinstance(route, Mount):
-        # The innermost match is a mounted plain ASGI app (static files, say): its own
-        # path is already in the root path; what follows is the app's business.
+    route = scope.get("route")
+    path_format = getattr(route, "path_format", None)
+    if isinstance(route, Mount) or (not isinstance(path_format, str) and prefix):
         return prefix + "/{path}"
+    if not isinstance(path_format, str):
+        return UNMATCHED
     return prefix + path_format
 
 

@@ -140,7 +140,9 @@ def test_dashboard_shows_the_pool_moving_under_load(
             event
             for event in page.events
             if event["method"] == "Runtime.exceptionThrown"
-            or (event["method"] == "Log.entryAdded" and event["params"]["entry"]["level"] == "error")
+            or (
+                event["method"] == "Log.entryAdded" and event["params"]["entry"]["level"] == "error"
+            )
             or (
                 event["method"] == "Runtime.consoleAPICalled"
                 and event["params"]["type"] in ("error", "assert")
