@@ -137,7 +137,7 @@ def _call(
 
 @contextmanager
 def chromium_page(width: int = 1280, height: int = 900) -> Iterator[Page]:
-    """A fresh headless Chromium with one tab of *width* × *height* CSS pixels."""
+    """A fresh headless Chromium with one tab of *width* by *height* CSS pixels."""
     binary = chromium_binary()
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         process = subprocess.Popen(

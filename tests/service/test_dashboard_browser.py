@@ -45,10 +45,13 @@ IN_USE_PIXELS = """(() => {
 })()"""
 
 
+NO_FIGURE = "\u2013"  # the en dash the page shows before it has a figure
+
+
 def number(text: str) -> float | None:
-    """A figure as the page shows it ("1,234", "0.52", "–")."""
+    """A figure as the page shows it ("1,234", "0.52", or NO_FIGURE)."""
     cleaned = text.replace(",", "").strip()
-    return None if cleaned in ("", "–") else float(cleaned)
+    return None if cleaned in ("", NO_FIGURE) else float(cleaned)
 
 
 def tiles(page: Page) -> dict[str, float | None]:

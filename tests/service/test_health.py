@@ -17,6 +17,7 @@ from fastapi_dbpool import Database, DatabaseSettings, health_router
 from fastapi_dbpool.testing import assert_pool_idle
 from tests.conftest import make_settings
 from tests.live_server import free_port
+from tests.polling import eventually
 
 CANARY = "Canary-Pw-5521"
 PROBE_TIMEOUT = 0.3
@@ -128,8 +129,7 @@ async def test_ready_when_the_pool_is_exhausted(database_url: str) -> None:
                     await session.execute(text("SELECT 1"))
 
             waiter = asyncio.create_task(wait_for_a_connection())
-            while database.pool_snapshot().waiting == 0:
-                await asyncio.sleep(0.01)
+            await eventually(lambda: database.pool_snapshot().waiting, what="a waiter")
             response = await client.get("/health/ready")
         await waiter
         recovered = await client.get("/health/ready")

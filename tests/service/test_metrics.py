@@ -17,6 +17,7 @@ from fastapi_dbpool import Database, DatabaseSettings
 from fastapi_dbpool._http_metrics import RequestMetricsMiddleware
 from fastapi_dbpool.testing import assert_pool_idle
 from tests.conftest import make_settings
+from tests.polling import eventually
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -97,8 +98,7 @@ async def test_waiting_and_timeouts_are_visible(database_url: str) -> None:
         async with database.engine.connect() as held:
             await held.execute(text("SELECT 1"))
             waiter = asyncio.create_task(client.get("/users"))
-            while database.pool_snapshot().waiting == 0:
-                await asyncio.sleep(0.01)
+            await eventually(lambda: database.pool_snapshot().waiting, what="a waiter")
             during = await scrape(client)
             assert value(during, "dbpool_checked_out", pool="primary") == 1
             assert value(during, "dbpool_waiting", pool="primary") == 1
@@ -114,8 +114,7 @@ async def test_waiting_and_timeouts_are_visible(database_url: str) -> None:
 
 async def start_up_work_done(database: Database) -> None:
     """Wait for users_api's start-up task (resuming stranded items) to return its connection."""
-    while database.pool_snapshot().checkouts_total == 0:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: database.pool_snapshot().checkouts_total, what="start-up work")
     await assert_pool_idle(database)
 
 
