@@ -73,16 +73,17 @@ def live_server(
 
 def _wait_until_up(server: LiveServer, workers: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise AssertionError(f"uvicorn exited:\n{server.output()[-3000:]}")
-        # Every worker logs this once its lifespan has started.
-        started = server.output().count("Application startup complete")
-        if started >= workers:
-            with suppress(httpx.HTTPError):
-                if httpx.get(server.url + "/health/live", timeout=2).status_code == 200:
-                    return
-        time.sleep(0.1)
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise AssertionError(f"uvicorn exited:\n{server.output()[-3000:]}")
+            # Every worker logs this once its lifespan has started.
+            started = server.output().count("Application startup complete")
+            if started >= workers:
+                with suppress(httpx.HTTPError):
+                    if client.get(server.url + "/health/live").status_code == 200:
+                        return
+            time.sleep(0.1)
     raise AssertionError(f"uvicorn did not come up in {timeout} s:\n{server.output()[-3000:]}")
 
 
