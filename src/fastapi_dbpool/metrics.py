@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -121,8 +122,15 @@ class _SharedPoolMetrics:
             for name, attribute, text in POOL_COUNTERS
         }
         self._published: dict[tuple[str, str], int] = {}
+        # The periodic task (event loop) and a scrape (thread pool) both publish; two
+        # publishes computing the same delta would count it twice.
+        self._lock = threading.Lock()
 
     def publish(self) -> None:
+        with self._lock:
+            self._publish()
+
+    def _publish(self) -> None:
         for database in self.databases:
             snapshot = database.pool_snapshot()
             for attribute, gauge in self.gauges.items():
