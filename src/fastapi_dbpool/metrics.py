@@ -147,10 +147,11 @@ class _SharedPoolMetrics:
 class Metrics:
     """The Prometheus metrics of some pools and of the requests of one app.
 
+    Multiprocess mode is on when ``PROMETHEUS_MULTIPROC_DIR`` is set. It must be set
+    before the process starts: prometheus-client reads it when it is imported.
+
     Args:
         databases: The pools to report, each labelled with its ``name``.
-        multiprocess_dir: The directory of prometheus-client's multiprocess mode; by
-            default ``PROMETHEUS_MULTIPROC_DIR``, and single-process mode when unset.
         publish_interval: In multiprocess mode, seconds between copies of the pool
             gauges and counters to the shared files.
 
@@ -158,15 +159,9 @@ class Metrics:
         SettingsError: ``PROMETHEUS_MULTIPROC_DIR`` names no directory.
     """
 
-    def __init__(
-        self,
-        databases: Sequence[Database],
-        *,
-        multiprocess_dir: str | None = None,
-        publish_interval: float = 1.0,
-    ) -> None:
+    def __init__(self, databases: Sequence[Database], *, publish_interval: float = 1.0) -> None:
         self.databases = list(databases)
-        self.multiprocess_dir = multiprocess_dir or os.environ.get(MULTIPROC_ENV) or None
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
         self.publish_interval = publish_interval
         self.registry = CollectorRegistry()
         if self.multiprocess_dir is not None and not os.path.isdir(self.multiprocess_dir):

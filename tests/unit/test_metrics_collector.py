@@ -112,7 +112,8 @@ def test_openmetrics_when_asked() -> None:
     assert text.decode().rstrip().endswith("# EOF")
 
 
-def test_multiprocess_dir_must_exist(tmp_path: Path) -> None:
+def test_multiprocess_dir_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
     database = Database(DatabaseSettings(url="sqlite:///never-opened.db"))
     with pytest.raises(SettingsError, match="PROMETHEUS_MULTIPROC_DIR"):
-        Metrics([database], multiprocess_dir=str(tmp_path / "missing"))
+        Metrics([database])
