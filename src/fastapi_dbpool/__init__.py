@@ -1,6 +1,7 @@
 """fastapi_dbpool: a correct, fast, observable SQLAlchemy pool and session layer for FastAPI."""
 
 from ._pool import PoolSnapshot
+from .dashboard import PoolDashboard, install_dashboard
 from .database import Database
 from .dependencies import (
     DatabaseDep,
@@ -22,6 +23,8 @@ from .errors import (
     WriteInReadSession,
 )
 from .health import HealthReport, check_readiness, health_router
+from .logs import configure_logging
+from .metrics import Metrics, install_metrics
 from .settings import DatabaseSettings, redact_url
 
 __all__ = [
@@ -33,6 +36,8 @@ __all__ = [
     "DatabaseSettings",
     "DatabaseUnavailable",
     "HealthReport",
+    "Metrics",
+    "PoolDashboard",
     "PoolSnapshot",
     "PoolTimeout",
     "ReadSessionDep",
@@ -42,9 +47,12 @@ __all__ = [
     "TooManyWaiting",
     "WriteInReadSession",
     "check_readiness",
+    "configure_logging",
     "get_database",
     "get_read_session",
     "get_session",
     "health_router",
+    "install_dashboard",
+    "install_metrics",
     "redact_url",
 ]

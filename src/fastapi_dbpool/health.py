@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 
 from fastapi import APIRouter
@@ -64,20 +65,37 @@ async def probe_database(database: Database, timeout: float = DEFAULT_PROBE_TIME
     """Run ``SELECT 1`` on a dedicated connection, giving up after *timeout* seconds."""
     if not database.started:
         return Check("database", False, "not started")
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
             async with database.probe_engine.connect() as conn:
+                # Read-only: on SQLite a default transaction begins IMMEDIATE and would
+                # queue the probe behind (and then ahead of) the app's writers.
+                await conn.execution_options(**database._read_only_options())
                 await conn.execute(text("SELECT 1"))
     except TimeoutError:
-        return Check("database", False, f"no answer within {timeout:g} s")
+        reason = f"no answer within {timeout:g} s"
+        _log_failure(database, reason, "TimeoutError", started)
+        return Check("database", False, reason)
     except Exception as error:  # any failure means "not ready"; details go to the log only
-        logger.warning(
-            "readiness probe failed: %s",
-            type(error).__name__,
-            extra={"event": "probe_failed", "pool": database.name},
-        )
+        _log_failure(database, "unreachable", type(error).__name__, started)
         return Check("database", False, "unreachable")
     return Check("database", True)
+
+
+def _log_failure(database: Database, reason: str, error: str, started: float) -> None:
+    # The error's class name only: its message can name hosts and users.
+    logger.warning(
+        "readiness probe failed: %s (%s)",
+        reason,
+        error,
+        extra={
+            "event": "probe_failed",
+            "pool": database.name,
+            "error": error,
+            "elapsed_s": round(time.perf_counter() - started, 3),
+        },
+    )
 
 
 def check_pool(database: Database) -> Check:
@@ -102,8 +120,10 @@ def health_router(*, probe_timeout: float = DEFAULT_PROBE_TIMEOUT) -> APIRouter:
     router = APIRouter(prefix="/health", tags=["health"])
 
     @router.get("/live")
-    async def live() -> dict[str, str]:
-        return {"status": "ok"}
+    async def live() -> dict[str, object]:
+        # Liveness checks nothing outside the process: a database outage must not
+        # get healthy workers restarted. Same shape as /ready, with no checks.
+        return HealthReport().as_dict()
 
     @router.get("/ready", responses={503: {"description": "A check failed"}})
     async def ready(database: DatabaseDep) -> JSONResponse:

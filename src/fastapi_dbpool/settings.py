@@ -168,6 +168,21 @@ class DatabaseSettings(BaseSettings):
         validation_alias=_env("DB_SQLITE_BUSY_TIMEOUT_MS", "sqlite_busy_timeout_ms"),
         description="How long SQLite waits for another process's write lock.",
     )
+    metrics: bool = Field(
+        default=True,
+        validation_alias=_env("DB_METRICS", "metrics"),
+        description="Serve /metrics and the /pool dashboard; false installs neither.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("DB_METRICS_TOKEN", "metrics_token"),
+        description="When set, /metrics and /pool require Authorization: Bearer <token>.",
+    )
+    log_json: bool = Field(
+        default=False,
+        validation_alias=_env("DB_LOG_JSON", "log_json"),
+        description="configure_logging() writes one JSON object per line instead of text.",
+    )
 
     @field_validator("url", mode="before")
     @classmethod
@@ -178,6 +193,15 @@ class DatabaseSettings(BaseSettings):
         if isinstance(raw, URL):
             raw = raw.render_as_string(hide_password=False)
         return SecretStr(normalise_url(raw).render_as_string(hide_password=False))
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, value: Any) -> Any:
+        # DB_METRICS_TOKEN= (empty) in a compose file means "no token", not "the empty token".
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str) and not raw.strip():
+            return None
+        return value
 
     @classmethod
     def from_env(cls, **overrides: Any) -> DatabaseSettings:
