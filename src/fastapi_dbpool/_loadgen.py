@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 import time
 from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, cast
 from urllib.parse import urlsplit
 
 __all__ = ["LoadResult", "Target", "run_load"]
@@ -132,7 +133,8 @@ class LoadResult:
         if not self.latencies_s:
             return None
         ordered = sorted(self.latencies_s)
-        rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
+        # round() first: 0.29 * 100 is 28.999999999999996 in floating point.
+        rank = max(0, min(len(ordered) - 1, math.ceil(round(fraction * len(ordered), 9)) - 1))
         return ordered[rank]
 
     def as_dict(self) -> dict[str, Any]:
@@ -162,10 +164,6 @@ class LoadResult:
         }
 
 
-class _ConnectionClosed(Exception):
-    """The server closed the connection; reconnect."""
-
-
 async def run_load(
     target: Target,
     *,
@@ -185,23 +183,23 @@ async def run_load(
     result = LoadResult(target, concurrency)
     request = target.request_bytes()
     context = ssl.create_default_context() if target.scheme == "https" else None
+    # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
     started = time.perf_counter()
     deadline = started + duration
-    workers = [
-        asyncio.create_task(_connection_loop(target, request, context, deadline, result))
+    slots = [
+        asyncio.create_task(_slot(target, request, context, deadline, result))
         for _ in range(concurrency)
     ]
-    reporter = asyncio.create_task(_report(progress, started, result)) if progress else None
+    reporter = asyncio.create_task(_report(progress, started, result))
     try:
-        await asyncio.gather(*workers)
+        await asyncio.gather(*slots)
     finally:
-        for task in workers:
+        for task in slots:
             task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        if reporter is not None:
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
+        await asyncio.gather(*slots, return_exceptions=True)
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
     result.duration_s = time.perf_counter() - started
     if progress is not None:
         progress(result.duration_s, result.responses)
@@ -209,100 +207,166 @@ async def run_load(
 
 
 async def _report(
-    progress: Callable[[float, int], None], started: float, result: LoadResult
+    progress: Callable[[float, int], None] | None, started: float, result: LoadResult
 ) -> None:
     while True:
         await asyncio.sleep(PROGRESS_INTERVAL)
-        progress(time.perf_counter() - started, result.responses)
+        now = time.perf_counter()
+        if progress is not None:
+            progress(now - started, result.responses)
+        # One watchdog for every connection rather than a timer per request.
+        for client in _Client.active:
+            if client.sent_at and now - client.sent_at > REQUEST_TIMEOUT:
+                client.fail("timeout")
 
 
-async def _connection_loop(
+async def _slot(
     target: Target,
     request: bytes,
     context: ssl.SSLContext | None,
     deadline: float,
     result: LoadResult,
 ) -> None:
-    writer: asyncio.StreamWriter | None = None
-    reader: asyncio.StreamReader | None = None
-    try:
-        while time.perf_counter() < deadline:
-            if writer is None:
-                try:
-                    async with asyncio.timeout(REQUEST_TIMEOUT):
-                        reader, writer = await asyncio.open_connection(
-                            target.host, target.port, ssl=context
-                        )
-                except (OSError, TimeoutError) as error:
-                    result.failures[f"connect: {_reason(error)}"] += 1
-                    await asyncio.sleep(0.05)  # a refused port must not spin the loop
-                    continue
-            assert reader is not None
-            sent = time.perf_counter()
-            try:
-                async with asyncio.timeout(REQUEST_TIMEOUT):
-                    writer.write(request)
-                    status, keep_alive = await _read_response(reader)
-            except (
-                OSError,
-                TimeoutError,
-                asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError,
-                _ConnectionClosed,
-                ValueError,
-            ) as error:
-                result.failures[f"read: {_reason(error)}"] += 1
-                _close(writer)
-                writer = None
-                continue
-            result.latencies_s.append(time.perf_counter() - sent)
-            result.statuses[status] += 1
-            if not keep_alive:
-                _close(writer)
-                writer = None
-    finally:
-        if writer is not None:
-            _close(writer)
+    """Keep one connection busy until *deadline*, reconnecting when it closes."""
+    loop = asyncio.get_running_loop()
+    while time.perf_counter() < deadline:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                _, client = await loop.create_connection(
+                    lambda: _Client(request, deadline, result),
+                    target.host,
+                    target.port,
+                    ssl=context,
+                )
+        except (OSError, TimeoutError) as error:
+            result.failures[f"connect: {_reason(error)}"] += 1
+            await asyncio.sleep(0.05)  # a refused port must not spin the loop
+            continue
+        try:
+            await client.closed
+        finally:
+            client.close()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """Read one response; return its status and whether the connection stays open."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        raise _ConnectionClosed("closed by the server") from None
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip().lower()
-    keep_alive = headers.get("connection") != "close"
-    if status in (204, 304) or 100 <= status < 200:
-        return status, keep_alive
-    if "chunked" in headers.get("transfer-encoding", ""):
-        await _read_chunked(reader)
-    elif "content-length" in headers:
-        await reader.readexactly(int(headers["content-length"]))
-    else:
-        await reader.read()  # the body ends when the server closes the connection
-        keep_alive = False
-    return status, keep_alive
+class _Client(asyncio.Protocol):
+    """One keep-alive connection that sends the next request as soon as a response ends.
 
+    Everything happens in ``data_received``: no task or future per request, which keeps
+    the generator's own cost well below the app's.
+    """
 
-async def _read_chunked(reader: asyncio.StreamReader) -> None:
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                pass  # trailers
+    active: ClassVar[set[_Client]] = set()
+
+    def __init__(self, request: bytes, deadline: float, result: LoadResult) -> None:
+        self.request = request
+        self.deadline = deadline
+        self.result = result
+        self.loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.sent_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        _Client.active.add(self)
+        self._send()
+
+    def _send(self) -> None:
+        assert self.transport is not None
+        self.sent_at = time.perf_counter()
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            parsed = _parse_response(self.buffer, eof=False)
+        except ValueError:
+            self.fail("bad response")
             return
-        await reader.readexactly(size + 2)
+        if parsed is None:
+            return  # incomplete
+        status, length, keep_alive = parsed
+        del self.buffer[:length]
+        self._done(status)
+        if keep_alive and not self.buffer and time.perf_counter() < self.deadline:
+            self._send()
+        else:
+            self.close()
+
+    def _done(self, status: int) -> None:
+        self.result.latencies_s.append(time.perf_counter() - self.sent_at)
+        self.result.statuses[status] += 1
+        self.sent_at = 0.0
+
+    def fail(self, reason: str) -> None:
+        """Count the request in flight as failed and drop the connection."""
+        if self.sent_at:
+            self.result.failures[f"read: {reason}"] += 1
+            self.sent_at = 0.0
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection; the slot reconnects if the load still runs."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.sent_at:
+            # A response delimited by the connection's end is complete only now.
+            parsed = _parse_response(self.buffer, eof=True) if self.buffer else None
+            if parsed is not None:
+                self._done(parsed[0])
+            else:
+                self.fail("reset" if isinstance(exc, ConnectionResetError) else "closed")
+        _Client.active.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
-def _close(writer: asyncio.StreamWriter) -> None:
-    # Not awaiting wait_closed(): a dead peer must not stall the load.
-    writer.close()
+def _parse_response(buffer: bytearray, *, eof: bool) -> tuple[int, int, bool] | None:
+    """(status, bytes used, keep-alive) of the response at the start of *buffer*.
+
+    None while it is incomplete. Raises ValueError when it is not HTTP/1.x.
+    """
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buffer[:end]).lower()
+    if not head.startswith(b"http/1."):
+        raise ValueError("not an HTTP/1.x response")
+    status = int(head[9:12])
+    body_start = end + 4
+    keep_alive = b"\r\nconnection: close" not in head
+    if status in (204, 304) or 100 <= status < 200:
+        return status, body_start, keep_alive
+    if b"\r\ntransfer-encoding: chunked" in head:
+        body_end = _chunked_end(buffer, body_start)
+        return None if body_end is None else (status, body_end, keep_alive)
+    marker = head.find(b"\r\ncontent-length:")
+    if marker >= 0:
+        line_end = head.find(b"\r\n", marker + 2)
+        value = head[marker + 17 : line_end if line_end >= 0 else len(head)]
+        body_end = body_start + int(value)
+        return None if len(buffer) < body_end else (status, body_end, keep_alive)
+    # No length: the body ends with the connection.
+    return (status, len(buffer), False) if eof else None
+
+
+def _chunked_end(buffer: bytearray, position: int) -> int | None:
+    while True:
+        line_end = buffer.find(b"\r\n", position)
+        if line_end < 0:
+            return None
+        size = int(bytes(buffer[position:line_end]).split(b";")[0], 16)
+        position = line_end + 2
+        if size == 0:
+            trailers_end = buffer.find(b"\r\n\r\n", position - 2)
+            return None if trailers_end < 0 else trailers_end + 4
+        position += size + 2
+        if position > len(buffer):
+            return None
 
 
 def _reason(error: BaseException) -> str:
@@ -310,8 +374,4 @@ def _reason(error: BaseException) -> str:
         return "timeout"
     if isinstance(error, ConnectionRefusedError):
         return "refused"
-    if isinstance(error, ConnectionResetError):
-        return "reset"
-    if isinstance(error, asyncio.IncompleteReadError | _ConnectionClosed):
-        return "closed"
     return type(error).__name__
