@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, SecretStr
 
+from ._facts import is_local_host
 from ._pgbouncer import identify_pgbouncer
 from .budget import (
     ConnectionBudget,
@@ -162,6 +163,8 @@ def _recommend(
         cores, cores_source = db_cores, "given with --db-cores"
     elif facts is not None and facts.db_cores is not None:
         cores, cores_source = facts.db_cores, str(facts.db_cores_source)
+    elif settings.backend == "sqlite" or is_local_host(settings.sqlalchemy_url):
+        cores, cores_source = local_cpu_count(), "the database runs on this machine"
     else:
         cores = local_cpu_count()
         cores_source = "assumed: this machine's count, the server's is unknown; pass --db-cores"
