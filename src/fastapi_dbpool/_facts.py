@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import ipaddress
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +46,9 @@ _PG_SETTINGS = (
     "tcp_keepalives_idle",  # s; 0 = the operating system's default
 )
 
+# One statement, so no transaction is needed (a check must never show up as "idle in
+# transaction"), and behind PgBouncer in transaction mode every value, the pid included,
+# comes from the same server backend.
 _FACTS_QUERY = """
 SELECT version() AS version,
        current_setting('server_version') AS server_version,
@@ -53,7 +57,9 @@ SELECT version() AS version,
        (SELECT count(*) FROM pg_stat_activity
          WHERE backend_type = 'client backend') AS in_use,
        (SELECT count(*) FROM pg_stat_activity
-         WHERE backend_type = 'client backend' AND application_name = $1) AS of_app
+         WHERE backend_type = 'client backend' AND application_name = $1) AS of_app,
+       (SELECT json_object_agg(name, setting) FROM pg_settings
+         WHERE name = ANY($2::text[]))::text AS settings
 """
 
 # Linux servers only, and only for roles allowed to read server files (superusers,
@@ -196,16 +202,9 @@ async def _inspect_postgres(database: Database, application_name: str) -> Server
 
 
 async def _read_postgres_facts(conn: Any, database: Database) -> ServerFacts:
-    # One read-only transaction: behind PgBouncer in transaction mode every statement
-    # of it reaches the same server backend, which the pid comparison relies on.
-    async with conn.transaction(readonly=True):
-        row = await conn.fetchrow(_FACTS_QUERY, f"fastapi_dbpool:{database.name}")
-        rows = await conn.fetch(
-            "SELECT name, setting FROM pg_settings WHERE name = ANY($1::text[])",
-            list(_PG_SETTINGS),
-        )
-        cores = await _server_cores(conn)
-    values = {r["name"]: r["setting"] for r in rows}
+    row = await conn.fetchrow(_FACTS_QUERY, f"fastapi_dbpool:{database.name}", list(_PG_SETTINGS))
+    values: dict[str, str] = json.loads(row["settings"] or "{}")
+    cores = await _server_cores(conn)
     # The pid in the startup handshake (BackendKeyData) is the server's own, unless a
     # pooler answered the handshake: PgBouncer sends a random key of its own there.
     pid_differs = conn.get_server_pid() != row["backend_pid"]
@@ -248,9 +247,8 @@ async def _server_cores(conn: Any) -> int | None:
     import asyncpg
 
     try:
-        async with conn.transaction():  # a savepoint: the refusal must not end the transaction
-            count = await conn.fetchval(_CORES_QUERY)
-    except asyncpg.PostgresError:
+        count = await conn.fetchval(_CORES_QUERY)
+    except asyncpg.PostgresError:  # not allowed to read server files, or not Linux
         return None
     return int(count) or None
 

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from fastapi_dbpool import ConnectFailed, Database, DatabaseSettings
 from fastapi_dbpool.budget import inspect_server
-from tests.backends import libpq_url
+from tests.backends import admin_execute, libpq_url
 from tests.pgbouncer_server import free_port
 
 CANARY = "CANARY-b7f3e1"
@@ -215,3 +216,17 @@ async def test_refused_connection_is_logged_not_raised(
     assert record.levelno == logging.INFO
     assert "cannot connect" in record.getMessage()
     assert CANARY not in caplog.text
+
+
+@pytest.mark.postgres_only
+async def test_inspect_server_as_an_ordinary_role(database_url: str, backend: str) -> None:
+    # No superuser rights: the server's /proc/cpuinfo is out of reach, everything else works.
+    role = f"dbpool_plain_{uuid.uuid4().hex[:8]}"
+    admin_execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        url = make_url(database_url).set(username=role).render_as_string(hide_password=False)
+        facts = await inspect_server(Database(DatabaseSettings(url=url)))
+    finally:
+        admin_execute(f'DROP ROLE "{role}"')
+    assert facts.max_connections is not None and facts.connections_in_use
+    assert facts.db_cores_source == "the database runs on this machine"
