@@ -180,7 +180,7 @@ async def _inspect_postgres(database: Database, application_name: str) -> Server
             f"no answer from {settings.redacted_url} within {settings.connect_timeout:g} s"
             " (DB_CONNECT_TIMEOUT)"
         ) from None
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except Exception as error:  # refused, DNS, TLS, authentication, a bad URL option...
         raise ConnectFailed(
             f"cannot connect to {settings.redacted_url}: {describe_error(error, settings)}"
         ) from None
@@ -192,9 +192,10 @@ async def _inspect_postgres(database: Database, application_name: str) -> Server
             f"{settings.redacted_url} accepted the connection but did not answer within"
             f" {QUERY_TIMEOUT:g} s"
         ) from None
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except Exception as error:
         raise ConnectFailed(
-            f"lost {settings.redacted_url}: {describe_error(error, settings)}"
+            f"could not read the facts of {settings.redacted_url}:"
+            f" {describe_error(error, settings)}"
         ) from None
     finally:
         # terminate() is synchronous: a cancelled caller cannot leave the socket open.
