@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ from sqlalchemy.pool import NullPool
 from ._cleanup import run_to_completion, wait_for_pending_cleanups
 from ._pool import MonitoredPool, PoolMonitor, PoolSnapshot
 from ._sqlite import READ_ONLY_OPTION, WriteGate, configure_sqlite
+from ._startup_check import cancel_budget_check, schedule_budget_check
 from .errors import DatabaseNotStarted
 from .settings import DatabaseSettings
 
@@ -54,6 +56,7 @@ class Database:
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._read_sessions: async_sessionmaker[AsyncSession] | None = None
         self.write_gate: WriteGate | None = None
+        self._budget_check: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         state = "started" if self._engine is not None else "stopped"
@@ -108,9 +111,13 @@ class Database:
                 "max_overflow": settings.max_overflow,
             },
         )
+        # In the background: start-up neither waits for the database nor fails with it.
+        self._budget_check = schedule_budget_check(self)
 
     async def stop(self) -> None:
         """Dispose of the engine, closing every pooled connection."""
+        check, self._budget_check = self._budget_check, None
+        await cancel_budget_check(check)
         engine, probe = self._engine, self._probe_engine
         self._engine = self._probe_engine = None
         self._sessions = self._read_sessions = None
