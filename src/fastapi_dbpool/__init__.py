@@ -23,6 +23,14 @@ from .errors import (
 )
 from .health import HealthReport, check_readiness, health_router
 from .settings import DatabaseSettings, redact_url
+from .sync import (
+    SyncDatabase,
+    SyncReadSessionDep,
+    SyncSessionDep,
+    SyncSessionRoute,
+    get_sync_read_session,
+    get_sync_session,
+)
 
 __all__ = [
     "ConnectFailed",
@@ -39,12 +47,18 @@ __all__ = [
     "SessionDep",
     "SettingsError",
     "StatementTimeout",
+    "SyncDatabase",
+    "SyncReadSessionDep",
+    "SyncSessionDep",
+    "SyncSessionRoute",
     "TooManyWaiting",
     "WriteInReadSession",
     "check_readiness",
     "get_database",
     "get_read_session",
     "get_session",
+    "get_sync_read_session",
+    "get_sync_session",
     "health_router",
     "redact_url",
 ]

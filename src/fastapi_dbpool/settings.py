@@ -168,6 +168,13 @@ class DatabaseSettings(BaseSettings):
         validation_alias=_env("DB_SQLITE_BUSY_TIMEOUT_MS", "sqlite_busy_timeout_ms"),
         description="How long SQLite waits for another process's write lock.",
     )
+    leak_threshold_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=24 * 3600,
+        validation_alias=_env("DB_LEAK_THRESHOLD_S", "leak_threshold_s"),
+        description="Warn when a connection is held longer than this many seconds; 0 = off.",
+    )
 
     @field_validator("url", mode="before")
     @classmethod
