@@ -67,8 +67,14 @@ _INFRASTRUCTURE = frozenset(
         "functools",
     }
 )
+# The standard library, installed packages, and console scripts (bin/uvicorn, bin/pytest).
 _LIBRARY_DIRS = tuple(
-    sorted({sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+    sorted(
+        {
+            sysconfig.get_paths()[key]
+            for key in ("stdlib", "platstdlib", "purelib", "platlib", "scripts")
+        }
+    )
 )
 _PACKAGE_DIRS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
 

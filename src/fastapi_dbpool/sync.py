@@ -41,6 +41,7 @@ time, as described in :mod:`fastapi_dbpool._sqlite`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
 import logging
@@ -125,9 +126,20 @@ class _LoopWriteGate(WriteGate):
                 "a sync session was used on the event loop's thread, where it would block "
                 "every request; use it in `def` endpoints and dependencies"
             )
-        asyncio.run_coroutine_threadsafe(
+        taking = asyncio.run_coroutine_threadsafe(
             greenlet_spawn(self._gate.acquire, record), self._loop
-        ).result()
+        )
+        # The loop side gives up after DB_POOL_TIMEOUT; this bound only matters if the
+        # loop stops answering. Giving up here is safe: should the gate be taken for
+        # *record* later, the connection's checkin gives it back.
+        try:
+            taking.result(timeout=self.timeout + 1)
+        except concurrent.futures.TimeoutError:
+            taking.cancel()
+            raise PoolTimeout(
+                f"database busy: SQLite's write lock was not free within {self.timeout:.2f} s "
+                "(DB_POOL_TIMEOUT); keep write transactions short"
+            ) from None
 
     def release(self, record: ConnectionPoolEntry) -> None:
         """Give the gate back on the loop if *record* holds it."""
