@@ -7,6 +7,7 @@ with and without SyncSessionRoute.
 # No `from __future__ import annotations`: FastAPI must resolve the endpoints'
 # annotations, some of which name this module's dependencies.
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -98,8 +99,12 @@ def hold(seconds: float, session: SyncReadSessionDep) -> dict[str, str]:
     return {"status": "done"}
 
 
+ENDPOINT_STARTED = threading.Event()
+
+
 def hold_and_add(email: str, seconds: float, session: SyncSessionDep) -> dict[str, str]:
     session.execute(text("SELECT 1"))
+    ENDPOINT_STARTED.set()
     time.sleep(seconds)
     session.add(User(name="Late", email=email))
     return {"status": "done"}
@@ -270,10 +275,14 @@ async def test_sync_and_async_writers_share_one_write_gate(database_url: str) ->
 async def test_cancelled_request_returns_its_connection(database_url: str, mode: str) -> None:
     async with client_for(database_url, mode) as client:
         database = database_of(client)
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(
-                client.post("/hold-and-add", params={"email": "late@x.com", "seconds": 0.5}), 0.1
-            )
+        ENDPOINT_STARTED.clear()
+        request = asyncio.create_task(
+            client.post("/hold-and-add", params={"email": "late@x.com", "seconds": 0.5})
+        )
+        assert await anyio.to_thread.run_sync(ENDPOINT_STARTED.wait, 5)
+        request.cancel()  # as a client disconnect or a request timeout would
+        with pytest.raises(asyncio.CancelledError):
+            await request
         await assert_pool_idle(database, timeout=3)
         await asyncio.sleep(0.6)  # let the endpoint's thread finish
         emails = await users_in(database)
