@@ -41,11 +41,9 @@ time, as described in :mod:`fastapi_dbpool._sqlite`.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import inspect
 import logging
-import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -59,25 +57,21 @@ from fastapi import Depends, params
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import get_dependant
 from fastapi.routing import APIRoute
-from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.util import greenlet_spawn
-from sqlalchemy.util.queue import Queue
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from ._cleanup import run_to_completion
-from ._pool import MonitoredPool, PoolMonitor, PoolSnapshot
-from ._sqlite import READ_ONLY_OPTION, WriteGate, configure_sqlite
+from ._pool import PoolMonitor, PoolSnapshot
+from ._sqlite import READ_ONLY_OPTION
+from ._sync_engine import create_sync_engine
 from .dependencies import get_database
 from .errors import DBPoolError, PoolTimeout, TooManyWaiting
 from .leaks import endpoint_context, watch_for_leaks
 
 if TYPE_CHECKING:
     from .database import Database
-    from .settings import DatabaseSettings
 
 __all__ = [
     "SyncDatabase",
@@ -91,60 +85,6 @@ __all__ = [
 logger = logging.getLogger("fastapi_dbpool")
 
 T = TypeVar("T")
-
-
-class MonitoredSyncPool(MonitoredPool):
-    """:class:`MonitoredPool` for threads: SQLAlchemy's thread-safe queue, not asyncio's."""
-
-    _is_asyncio = False
-    _queue_class = Queue  # type: ignore[assignment]  # generic class vs. its instance type
-
-
-class _LoopWriteGate(WriteGate):
-    """The process's SQLite :class:`WriteGate`, taken from worker threads.
-
-    Sync and async sessions must share one gate, or two writers of the same process
-    would meet in SQLite's busy handler. The gate lives on the event loop; a worker
-    thread takes it by running the gate's own ``acquire`` there and blocking until it
-    returns, which ``DB_POOL_TIMEOUT`` bounds.
-    """
-
-    def __init__(self, gate: WriteGate, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(gate.timeout)
-        self._gate = gate
-        self._loop = loop
-
-    @property
-    def held(self) -> bool:
-        """True while a transaction, sync or async, holds the gate."""
-        return self._gate.held
-
-    def acquire(self, record: ConnectionPoolEntry) -> None:
-        """Block this worker thread until the loop's gate is taken for *record*."""
-        if _running_loop() is self._loop:
-            raise RuntimeError(
-                "a sync session was used on the event loop's thread, where it would block "
-                "every request; use it in `def` endpoints and dependencies"
-            )
-        taking = asyncio.run_coroutine_threadsafe(
-            greenlet_spawn(self._gate.acquire, record), self._loop
-        )
-        # The loop side gives up after DB_POOL_TIMEOUT; this bound only matters if the
-        # loop stops answering. Giving up here is safe: should the gate be taken for
-        # *record* later, the connection's checkin gives it back.
-        try:
-            taking.result(timeout=self.timeout + 1)
-        except concurrent.futures.TimeoutError:
-            taking.cancel()
-            raise PoolTimeout(
-                f"database busy: SQLite's write lock was not free within {self.timeout:.2f} s "
-                "(DB_POOL_TIMEOUT); keep write transactions short"
-            ) from None
-
-    def release(self, record: ConnectionPoolEntry) -> None:
-        """Give the gate back on the loop if *record* holds it."""
-        with suppress(RuntimeError):  # the loop is closed: the gate went with it
-            self._loop.call_soon_threadsafe(self._gate.release, record)
 
 
 class SyncDatabase:
@@ -167,15 +107,13 @@ class SyncDatabase:
         self.capacity = settings.pool_size + settings.max_overflow
         self.timeout = settings.pool_timeout
         self.monitor = PoolMonitor(self.name, max_waiting=settings.max_waiting)
-        self.engine = create_engine(settings.sync_url, **_engine_options(settings, self.name))
+        self.engine = create_sync_engine(settings, self.name, database.write_gate, loop)
         self.monitor.attach(self.engine.pool)  # type: ignore[arg-type]
-        if settings.backend == "sqlite":
-            assert database.write_gate is not None
-            gate = _LoopWriteGate(database.write_gate, loop)
-            configure_sqlite(self.engine, gate, settings.sqlite_busy_timeout_ms)
-            self._read_only: dict[str, Any] = {READ_ONLY_OPTION: True}
-        else:
-            self._read_only = {"postgresql_readonly": True}
+        self._read_only: dict[str, Any] = (
+            {READ_ONLY_OPTION: True}
+            if settings.backend == "sqlite"
+            else {"postgresql_readonly": True}
+        )
         self.leak_detector = watch_for_leaks(self.monitor, settings.leak_threshold_s, loop)
         self._loop = loop
         self._slots = asyncio.Semaphore(self.capacity)
@@ -488,41 +426,3 @@ def _in_unit_of_work(endpoint: Callable[..., T]) -> Callable[..., Coroutine[Any,
         return await unit.run(call)
 
     return run_in_unit_of_work
-
-
-# -- engine ---------------------------------------------------------------------------
-
-
-def _engine_options(settings: DatabaseSettings, name: str) -> dict[str, Any]:
-    connect_args: dict[str, Any]
-    if settings.backend == "sqlite":
-        # Connections move between worker threads, one thread at a time.
-        connect_args = {
-            "timeout": settings.sqlite_busy_timeout_ms / 1000,
-            "check_same_thread": False,
-        }
-    else:
-        # libpq counts connect_timeout in whole seconds.
-        connect_args = {
-            "connect_timeout": max(1, math.ceil(settings.connect_timeout)),
-            "application_name": f"fastapi_dbpool:{name}",
-        }
-        if settings.statement_timeout_ms:
-            connect_args["options"] = f"-c statement_timeout={settings.statement_timeout_ms}"
-    return {
-        "poolclass": MonitoredSyncPool,
-        "pool_size": settings.pool_size,
-        "max_overflow": settings.max_overflow,
-        "pool_timeout": settings.pool_timeout,
-        "pool_recycle": settings.pool_recycle,
-        "pool_pre_ping": settings.pool_pre_ping,
-        "echo": settings.echo,
-        "connect_args": connect_args,
-    }
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
