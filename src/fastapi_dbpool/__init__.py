@@ -26,6 +26,14 @@ from .health import HealthReport, check_readiness, health_router
 from .logs import configure_logging
 from .metrics import Metrics, install_metrics
 from .settings import DatabaseSettings, redact_url
+from .sync import (
+    SyncDatabase,
+    SyncReadSessionDep,
+    SyncSessionDep,
+    SyncSessionRoute,
+    get_sync_read_session,
+    get_sync_session,
+)
 
 __all__ = [
     "ConnectFailed",
@@ -44,6 +52,10 @@ __all__ = [
     "SessionDep",
     "SettingsError",
     "StatementTimeout",
+    "SyncDatabase",
+    "SyncReadSessionDep",
+    "SyncSessionDep",
+    "SyncSessionRoute",
     "TooManyWaiting",
     "WriteInReadSession",
     "check_readiness",
@@ -51,6 +63,8 @@ __all__ = [
     "get_database",
     "get_read_session",
     "get_session",
+    "get_sync_read_session",
+    "get_sync_session",
     "health_router",
     "install_dashboard",
     "install_metrics",

@@ -22,10 +22,13 @@ from ._pool import MonitoredPool, PoolMonitor, PoolSnapshot
 from ._sqlite import READ_ONLY_OPTION, WriteGate, configure_sqlite
 from ._startup_check import cancel_budget_check, schedule_budget_check
 from .errors import DatabaseNotStarted
+from .leaks import watch_for_leaks
 from .settings import DatabaseSettings
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
+
+    from .sync import SyncDatabase
 
 __all__ = ["Database"]
 
@@ -57,6 +60,9 @@ class Database:
         self._read_sessions: async_sessionmaker[AsyncSession] | None = None
         self.write_gate: WriteGate | None = None
         self._budget_check: asyncio.Task[None] | None = None
+        self.leak_detector = watch_for_leaks(self.monitor, self.settings.leak_threshold_s)
+        self._sync: SyncDatabase | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         state = "started" if self._engine is not None else "stopped"
@@ -98,6 +104,7 @@ class Database:
             self.write_gate = WriteGate(timeout=settings.pool_timeout)
             configure_sqlite(engine.sync_engine, self.write_gate, settings.sqlite_busy_timeout_ms)
         self._engine = engine
+        self._loop = asyncio.get_running_loop()
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         read_engine = engine.execution_options(**self._read_only_options())
         self._read_sessions = async_sessionmaker(read_engine, expire_on_commit=False)
@@ -118,13 +125,17 @@ class Database:
         """Dispose of the engine, closing every pooled connection."""
         check, self._budget_check = self._budget_check, None
         await cancel_budget_check(check)
-        engine, probe = self._engine, self._probe_engine
-        self._engine = self._probe_engine = None
+        engine, probe, sync = self._engine, self._probe_engine, self._sync
+        self._engine = self._probe_engine = self._sync = None
         self._sessions = self._read_sessions = None
         await wait_for_pending_cleanups(timeout=self.settings.pool_timeout)
+        if sync is not None:
+            await sync.dispose()
         for each in (probe, engine):
             if each is not None:
                 await each.dispose()
+        if self.leak_detector is not None:
+            self.leak_detector.stop()
         if engine is not None:
             logger.info("database stopped", extra={"pool": self.name, "event": "stop"})
 
@@ -203,6 +214,21 @@ class Database:
                 return await func(session, *args, **kwargs)
 
         return wrapper
+
+    @property
+    def sync(self) -> SyncDatabase:
+        """The sync engine on the same database, created at first use (see :mod:`.sync`).
+
+        Raises:
+            DatabaseNotStarted: outside the app's lifespan.
+        """
+        if self._sync is None:
+            from .sync import SyncDatabase
+
+            self.engine  # noqa: B018 - raises DatabaseNotStarted with the reason
+            assert self._loop is not None
+            self._sync = SyncDatabase(self, self._loop)
+        return self._sync
 
     # -- introspection ------------------------------------------------------------------
 

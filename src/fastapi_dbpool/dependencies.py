@@ -27,6 +27,7 @@ from starlette.requests import HTTPConnection
 
 from .database import Database
 from .errors import DatabaseNotStarted
+from .leaks import endpoint_context
 
 __all__ = [
     "DatabaseDep",
@@ -48,14 +49,16 @@ def get_database(conn: HTTPConnection) -> Database:
 
 async def get_session(conn: HTTPConnection) -> AsyncIterator[AsyncSession]:
     """Yield the request's session; commit after the handler, roll back if it raised."""
-    async with get_database(conn).session() as session:
-        yield session
+    with endpoint_context(conn):
+        async with get_database(conn).session() as session:
+            yield session
 
 
 async def get_read_session(conn: HTTPConnection) -> AsyncIterator[AsyncSession]:
     """Yield a read-only session: no SQLite write lock, READ ONLY on PostgreSQL."""
-    async with get_database(conn).session(read_only=True) as session:
-        yield session
+    with endpoint_context(conn):
+        async with get_database(conn).session(read_only=True) as session:
+            yield session
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]

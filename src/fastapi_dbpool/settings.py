@@ -183,6 +183,13 @@ class DatabaseSettings(BaseSettings):
         validation_alias=_env("DB_LOG_JSON", "log_json"),
         description="configure_logging() writes one JSON object per line instead of text.",
     )
+    leak_threshold_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=24 * 3600,
+        validation_alias=_env("DB_LEAK_THRESHOLD_S", "leak_threshold_s"),
+        description="Warn when a connection is held longer than this many seconds; 0 = off.",
+    )
 
     @field_validator("url", mode="before")
     @classmethod

@@ -8,12 +8,13 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from fastapi_dbpool import ReadSessionDep, SessionDep
+from fastapi_dbpool import ReadSessionDep, SessionDep, SyncReadSessionDep, SyncSessionRoute
 
 from ..models import User
 from ..schemas import INT32_MAX, UserCreate, UserOut, UserUpdate
 
-router = APIRouter(prefix="/users", tags=["users"])
+# SyncSessionRoute: the sync endpoint's connection is back before its response is serialised.
+router = APIRouter(prefix="/users", tags=["users"], route_class=SyncSessionRoute)
 
 UserId = Annotated[int, Path(ge=1, le=INT32_MAX, description="The user's id")]
 Limit = Annotated[int, Query(ge=1, le=100)]
@@ -53,6 +54,15 @@ async def list_users(session: ReadSessionDep, limit: Limit = 50, offset: Offset 
 async def get_user(user_id: UserId, session: ReadSessionDep) -> User:
     """Read one user."""
     user = await session.get(User, user_id)
+    if user is None:
+        raise _not_found(user_id)
+    return user
+
+
+@router.get("/{user_id}/sync", response_model=UserOut)
+def get_user_sync(user_id: UserId, session: SyncReadSessionDep) -> User:
+    """Read one user from a sync ``def`` endpoint: the same answer as ``GET /users/{id}``."""
+    user = session.get(User, user_id)
     if user is None:
         raise _not_found(user_id)
     return user
