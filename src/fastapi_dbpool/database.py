@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from ._cleanup import run_to_completion, wait_for_pending_cleanups
+from ._direct import DirectConnection, StatementCache, close_direct
+from ._ping import install_idle_ping
 from ._pool import MonitoredPool, PoolMonitor, PoolSnapshot
 from ._sqlite import READ_ONLY_OPTION, WriteGate, configure_sqlite
 from .errors import DatabaseNotStarted
@@ -54,6 +56,7 @@ class Database:
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._read_sessions: async_sessionmaker[AsyncSession] | None = None
         self.write_gate: WriteGate | None = None
+        self._statements: StatementCache | None = None
 
     def __repr__(self) -> str:
         state = "started" if self._engine is not None else "stopped"
@@ -91,6 +94,8 @@ class Database:
         settings = self.settings
         engine = create_async_engine(settings.sqlalchemy_url, **self._engine_options())
         self.monitor.attach(engine.pool)  # type: ignore[arg-type]
+        if settings.pool_pre_ping and settings.backend == "postgresql":
+            install_idle_ping(engine.sync_engine.pool, settings.pool_pre_ping_idle_s)
         if settings.backend == "sqlite":
             self.write_gate = WriteGate(timeout=settings.pool_timeout)
             configure_sqlite(engine.sync_engine, self.write_gate, settings.sqlite_busy_timeout_ms)
@@ -114,6 +119,7 @@ class Database:
         engine, probe = self._engine, self._probe_engine
         self._engine = self._probe_engine = None
         self._sessions = self._read_sessions = None
+        self._statements = None
         await wait_for_pending_cleanups(timeout=self.settings.pool_timeout)
         for each in (probe, engine):
             if each is not None:
@@ -197,6 +203,30 @@ class Database:
 
         return wrapper
 
+    def connection(
+        self, *, read_only: bool = False
+    ) -> AbstractAsyncContextManager[DirectConnection]:
+        """Open a :class:`~fastapi_dbpool.DirectConnection`: Core statements, no session.
+
+        The fast path for hot endpoints: statements compiled once, run on the pooled
+        driver connection, rows as dicts. A writing connection commits when the block
+        ends and rolls back if it raises; a *read_only* one accepts only selects.
+        """
+        return self._direct(read_only)
+
+    @asynccontextmanager
+    async def _direct(self, read_only: bool) -> AsyncIterator[DirectConnection]:
+        statements = self._statements
+        if statements is None:
+            statements = self._statements = StatementCache(self.engine.dialect)
+        connection = DirectConnection(self, statements, read_only=read_only)
+        try:
+            yield connection
+        except BaseException:
+            await close_direct(connection, commit=False)
+            raise
+        await close_direct(connection, commit=not read_only)
+
     # -- introspection ------------------------------------------------------------------
 
     def pool_snapshot(self) -> PoolSnapshot:
@@ -244,7 +274,9 @@ class Database:
             "max_overflow": settings.max_overflow,
             "pool_timeout": settings.pool_timeout,
             "pool_recycle": settings.pool_recycle,
-            "pool_pre_ping": settings.pool_pre_ping,
+            # Replaced by install_idle_ping (see _ping.py); a SQLite file cannot drop a
+            # connection, so there is nothing to ping there.
+            "pool_pre_ping": False,
             "echo": settings.echo,
             "connect_args": self._connect_args(),
         }
