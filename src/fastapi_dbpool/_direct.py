@@ -270,7 +270,12 @@ class DirectConnection:
             return
         if invalidate is not None:
             await greenlet_spawn(fairy.invalidate, invalidate)
-        await greenlet_spawn(fairy.close)
+            await greenlet_spawn(fairy.close)
+            return
+        # No transaction is open (never begun, or committed / rolled back above), so the
+        # pool's rollback-on-return has nothing to do; on SQLite it would cost a thread
+        # hop per request. SQLAlchemy's own Connection checks in the same way.
+        await greenlet_spawn(fairy._checkin, True)
 
     async def close(self, *, commit: bool) -> None:
         """End the transaction (commit if *commit*, else roll back) and return the connection.
