@@ -1,13 +1,18 @@
 """fastapi_dbpool: a correct, fast, observable SQLAlchemy pool and session layer for FastAPI."""
 
+from ._direct import DirectConnection
 from ._pool import PoolSnapshot
 from .dashboard import PoolDashboard, install_dashboard
 from .database import Database
 from .dependencies import (
+    ConnectionDep,
     DatabaseDep,
+    ReadConnectionDep,
     ReadSessionDep,
     SessionDep,
+    get_connection,
     get_database,
+    get_read_connection,
     get_read_session,
     get_session,
 )
@@ -37,17 +42,20 @@ from .sync import (
 
 __all__ = [
     "ConnectFailed",
+    "ConnectionDep",
     "DBPoolError",
     "Database",
     "DatabaseDep",
     "DatabaseNotStarted",
     "DatabaseSettings",
     "DatabaseUnavailable",
+    "DirectConnection",
     "HealthReport",
     "Metrics",
     "PoolDashboard",
     "PoolSnapshot",
     "PoolTimeout",
+    "ReadConnectionDep",
     "ReadSessionDep",
     "SessionDep",
     "SettingsError",
@@ -60,7 +68,9 @@ __all__ = [
     "WriteInReadSession",
     "check_readiness",
     "configure_logging",
+    "get_connection",
     "get_database",
+    "get_read_connection",
     "get_read_session",
     "get_session",
     "get_sync_read_session",

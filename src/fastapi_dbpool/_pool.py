@@ -10,6 +10,7 @@ stock ``AsyncAdaptedQueuePool``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import event, exc
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool
+from sqlalchemy.util import await_
 
 from .errors import ConnectFailed, PoolTimeout, TooManyWaiting
 
@@ -204,12 +206,23 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         self.monitor._pool = new
         return new
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # One permit per connection the pool may hand out. asyncio's Semaphore is FIFO:
+        # a caller arriving while others wait queues behind them. The queue inside
+        # SQLAlchemy's pool is not (a newcomer takes a just-returned connection before
+        # the woken waiter runs, which sends that waiter to the back), and under load
+        # that barging turns into multi-second tail latency.
+        self._permits = asyncio.Semaphore(self.size() + self.max_overflow)
+
     def _do_get(self) -> ConnectionPoolEntry:
         monitor = self.monitor
-        # Fast path: a free connection, or room to open one; no waiting to account for.
-        if self.checkedout() < self.size() + self.max_overflow:
+        permits = self._permits
+        if not permits.locked():
+            # A free permit and nobody queued: no waiting to account for.
             started = time.perf_counter()
-            entry = self._get_or_connect()
+            await_(permits.acquire())  # completes at once: the permit is free
+            entry = self._get_with_permit()
             monitor._waited(time.perf_counter() - started)
             return entry
         if monitor.max_waiting and monitor.waiting >= monitor.max_waiting:
@@ -221,19 +234,40 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         monitor.waiting += 1
         started = time.perf_counter()
         try:
-            entry = self._get_or_connect()
-        except exc.TimeoutError:
+            await_(asyncio.wait_for(permits.acquire(), self._timeout))
+        except TimeoutError:
             monitor.timeouts_total += 1
-            raise PoolTimeout(
-                f"database busy: no connection became free within {self._timeout:.2f} s "
-                f"(DB_POOL_TIMEOUT); all {self.size()} + {self.max_overflow} overflow "
-                "connections are in use; raise DB_POOL_SIZE or DB_MAX_OVERFLOW, "
-                "or hold connections for less time"
-            ) from None
+            raise self._timeout_error() from None
         finally:
             monitor.waiting -= 1
+        entry = self._get_with_permit()
         monitor._waited(time.perf_counter() - started)
         return entry
+
+    def _get_with_permit(self) -> ConnectionPoolEntry:
+        try:
+            return self._get_or_connect()
+        except exc.TimeoutError:
+            self._permits.release()
+            self.monitor.timeouts_total += 1
+            raise self._timeout_error() from None
+        except BaseException:
+            self._permits.release()
+            raise
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        try:
+            super()._do_return_conn(record)
+        finally:
+            self._permits.release()
+
+    def _timeout_error(self) -> PoolTimeout:
+        return PoolTimeout(
+            f"database busy: no connection became free within {self._timeout:.2f} s "
+            f"(DB_POOL_TIMEOUT); all {self.size()} + {self.max_overflow} overflow "
+            "connections are in use; raise DB_POOL_SIZE or DB_MAX_OVERFLOW, "
+            "or hold connections for less time"
+        )
 
     def _get_or_connect(self) -> ConnectionPoolEntry:
         try:

@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from ._cleanup import run_to_completion, wait_for_pending_cleanups
+from ._direct import DirectConnection, StatementCache, close_direct
+from ._ping import install_idle_ping
 from ._pool import MonitoredPool, PoolMonitor, PoolSnapshot
 from ._sqlite import READ_ONLY_OPTION, WriteGate, configure_sqlite
 from ._startup_check import cancel_budget_check, schedule_budget_check
@@ -63,6 +65,7 @@ class Database:
         self.leak_detector = watch_for_leaks(self.monitor, self.settings.leak_threshold_s)
         self._sync: SyncDatabase | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._statements: StatementCache | None = None
 
     def __repr__(self) -> str:
         state = "started" if self._engine is not None else "stopped"
@@ -100,6 +103,8 @@ class Database:
         settings = self.settings
         engine = create_async_engine(settings.sqlalchemy_url, **self._engine_options())
         self.monitor.attach(engine.pool)  # type: ignore[arg-type]
+        if settings.pool_pre_ping and settings.backend == "postgresql":
+            install_idle_ping(engine.sync_engine.pool, settings.pool_pre_ping_idle_s)
         if settings.backend == "sqlite":
             self.write_gate = WriteGate(timeout=settings.pool_timeout)
             configure_sqlite(engine.sync_engine, self.write_gate, settings.sqlite_busy_timeout_ms)
@@ -128,6 +133,7 @@ class Database:
         engine, probe, sync = self._engine, self._probe_engine, self._sync
         self._engine = self._probe_engine = self._sync = None
         self._sessions = self._read_sessions = None
+        self._statements = None
         await wait_for_pending_cleanups(timeout=self.settings.pool_timeout)
         if sync is not None:
             await sync.dispose()
@@ -230,6 +236,30 @@ class Database:
             self._sync = SyncDatabase(self, self._loop)
         return self._sync
 
+    def connection(
+        self, *, read_only: bool = False
+    ) -> AbstractAsyncContextManager[DirectConnection]:
+        """Open a :class:`~fastapi_dbpool.DirectConnection`: Core statements, no session.
+
+        The fast path for hot endpoints: statements compiled once, run on the pooled
+        driver connection, rows as dicts. A writing connection commits when the block
+        ends and rolls back if it raises; a *read_only* one accepts only selects.
+        """
+        return self._direct(read_only)
+
+    @asynccontextmanager
+    async def _direct(self, read_only: bool) -> AsyncIterator[DirectConnection]:
+        statements = self._statements
+        if statements is None:
+            statements = self._statements = StatementCache(self.engine.dialect)
+        connection = DirectConnection(self, statements, read_only=read_only)
+        try:
+            yield connection
+        except BaseException:
+            await close_direct(connection, commit=False)
+            raise
+        await close_direct(connection, commit=not read_only)
+
     # -- introspection ------------------------------------------------------------------
 
     def pool_snapshot(self) -> PoolSnapshot:
@@ -277,7 +307,9 @@ class Database:
             "max_overflow": settings.max_overflow,
             "pool_timeout": settings.pool_timeout,
             "pool_recycle": settings.pool_recycle,
-            "pool_pre_ping": settings.pool_pre_ping,
+            # Replaced by install_idle_ping (see _ping.py); a SQLite file cannot drop a
+            # connection, so there is nothing to ping there.
+            "pool_pre_ping": False,
             "echo": settings.echo,
             "connect_args": self._connect_args(),
         }

@@ -190,6 +190,16 @@ class DatabaseSettings(BaseSettings):
         validation_alias=_env("DB_LEAK_THRESHOLD_S", "leak_threshold_s"),
         description="Warn when a connection is held longer than this many seconds; 0 = off.",
     )
+    pool_pre_ping_idle_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        validation_alias=_env("DB_POOL_PRE_PING_IDLE_S", "pool_pre_ping_idle_s"),
+        description=(
+            "With DB_POOL_PRE_PING, ping only connections idle longer than this (seconds; "
+            "0 = every checkout). Connections the server closed are always replaced."
+        ),
+    )
 
     @field_validator("url", mode="before")
     @classmethod
