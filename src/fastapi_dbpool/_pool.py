@@ -213,11 +213,17 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         # SQLAlchemy's pool is not (a newcomer takes a just-returned connection before
         # the woken waiter runs, which sends that waiter to the back), and under load
         # that barging turns into multi-second tail latency.
-        self._permits = asyncio.Semaphore(self.size() + self.max_overflow)
+        # Threads (the sync pool) queue fairly enough in SQLAlchemy's own queue and
+        # cannot await a semaphore: they keep the plain path.
+        self._permits = (
+            asyncio.Semaphore(self.size() + self.max_overflow) if self._is_asyncio else None
+        )
 
     def _do_get(self) -> ConnectionPoolEntry:
         monitor = self.monitor
         permits = self._permits
+        if permits is None:
+            return self._do_get_threaded()
         if not permits.locked():
             # A free permit and nobody queued: no waiting to account for.
             started = time.perf_counter()
@@ -227,10 +233,7 @@ class MonitoredPool(AsyncAdaptedQueuePool):
             return entry
         if monitor.max_waiting and monitor.waiting >= monitor.max_waiting:
             monitor.timeouts_total += 1
-            raise TooManyWaiting(
-                f"database busy: {monitor.waiting} requests already wait for a connection "
-                f"(DB_MAX_WAITING={monitor.max_waiting}); raise DB_POOL_SIZE or DB_MAX_WAITING"
-            )
+            raise self._too_many_waiting()
         monitor.waiting += 1
         started = time.perf_counter()
         try:
@@ -248,18 +251,52 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         try:
             return self._get_or_connect()
         except exc.TimeoutError:
-            self._permits.release()
+            self._release_permit()
             self.monitor.timeouts_total += 1
             raise self._timeout_error() from None
         except BaseException:
-            self._permits.release()
+            self._release_permit()
             raise
+
+    def _release_permit(self) -> None:
+        if self._permits is not None:
+            self._permits.release()
+
+    def _do_get_threaded(self) -> ConnectionPoolEntry:
+        """The thread-safe path: count waiters and shed load around SQLAlchemy's queue."""
+        monitor = self.monitor
+        if self.checkedout() < self.size() + self.max_overflow:
+            started = time.perf_counter()
+            entry = self._get_or_connect()
+            monitor._waited(time.perf_counter() - started)
+            return entry
+        if monitor.max_waiting and monitor.waiting >= monitor.max_waiting:
+            monitor.timeouts_total += 1
+            raise self._too_many_waiting()
+        monitor.waiting += 1
+        started = time.perf_counter()
+        try:
+            entry = self._get_or_connect()
+        except exc.TimeoutError:
+            monitor.timeouts_total += 1
+            raise self._timeout_error() from None
+        finally:
+            monitor.waiting -= 1
+        monitor._waited(time.perf_counter() - started)
+        return entry
+
+    def _too_many_waiting(self) -> TooManyWaiting:
+        return TooManyWaiting(
+            f"database busy: {self.monitor.waiting} requests already wait for a connection "
+            f"(DB_MAX_WAITING={self.monitor.max_waiting}); raise DB_POOL_SIZE or DB_MAX_WAITING"
+        )
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         try:
             super()._do_return_conn(record)
         finally:
-            self._permits.release()
+            if self._permits is not None:
+                self._permits.release()
 
     def _timeout_error(self) -> PoolTimeout:
         return PoolTimeout(
