@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -23,7 +24,7 @@ from ._ping import install_idle_ping
 from ._pool import MonitoredPool, PoolMonitor, PoolSnapshot
 from ._sqlite import READ_ONLY_OPTION, WriteGate, configure_sqlite
 from ._startup_check import cancel_budget_check, schedule_budget_check
-from .errors import DatabaseNotStarted
+from .errors import ConnectFailed, DatabaseNotStarted
 from .leaks import watch_for_leaks
 from .settings import DatabaseSettings
 
@@ -38,6 +39,7 @@ logger = logging.getLogger("fastapi_dbpool")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class Database:
@@ -66,6 +68,14 @@ class Database:
         self._sync: SyncDatabase | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._statements: StatementCache | None = None
+        # A read replica is a Database of its own (its own pool, monitor and metrics
+        # label); read-only sessions go there while it answers.
+        self.replica: Database | None = (
+            Database(self.settings.for_replica(), name="replica")
+            if self.settings.replica_url is not None
+            else None
+        )
+        self._replica_down_until = 0.0
 
     def __repr__(self) -> str:
         state = "started" if self._engine is not None else "stopped"
@@ -125,9 +135,13 @@ class Database:
         )
         # In the background: start-up neither waits for the database nor fails with it.
         self._budget_check = schedule_budget_check(self)
+        if self.replica is not None:
+            await self.replica.start()
 
     async def stop(self) -> None:
         """Dispose of the engine, closing every pooled connection."""
+        if self.replica is not None:
+            await self.replica.stop()
         check, self._budget_check = self._budget_check, None
         await cancel_budget_check(check)
         engine, probe, sync = self._engine, self._probe_engine, self._sync
@@ -181,9 +195,39 @@ class Database:
         does not take SQLite's write lock and runs READ ONLY on PostgreSQL.
 
         The connection is checked out at the first statement and returned when the
-        block ends, also when the task is cancelled.
+        block ends, also when the task is cancelled. With a replica configured
+        (``DATABASE_REPLICA_URL``), *read_only* sessions run there, and on the primary
+        for ``DB_REPLICA_RETRY_S`` after the replica failed to connect.
         """
+        replica = self._usable_replica() if read_only else None
+        if replica is not None:
+            return self._on_replica(replica.session(read_only=True))
         return self._session(read_only)
+
+    def pools(self) -> list[Database]:
+        """This database and its replica, if any: what stats and metrics report."""
+        return [self] if self.replica is None else [self, self.replica]
+
+    def _usable_replica(self) -> Database | None:
+        if self.replica is None or time.monotonic() < self._replica_down_until:
+            return None
+        return self.replica
+
+    @asynccontextmanager
+    async def _on_replica(self, opened: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+        try:
+            async with opened as handle:
+                yield handle
+        except ConnectFailed:
+            # This request fails (503): its reads may already have happened. The next
+            # ones go to the primary until the retry delay has passed.
+            self._replica_down_until = time.monotonic() + self.settings.replica_retry_s
+            logger.warning(
+                "replica unreachable; reads go to the primary for %g s",
+                self.settings.replica_retry_s,
+                extra={"pool": "replica", "event": "replica_down"},
+            )
+            raise
 
     @asynccontextmanager
     async def _session(self, read_only: bool) -> AsyncIterator[AsyncSession]:
@@ -243,8 +287,12 @@ class Database:
 
         The fast path for hot endpoints: statements compiled once, run on the pooled
         driver connection, rows as dicts. A writing connection commits when the block
-        ends and rolls back if it raises; a *read_only* one accepts only selects.
+        ends and rolls back if it raises; a *read_only* one accepts only selects, and
+        runs on the replica when there is one (see :meth:`session`).
         """
+        replica = self._usable_replica() if read_only else None
+        if replica is not None:
+            return self._on_replica(replica.connection(read_only=True))
         return self._direct(read_only)
 
     @asynccontextmanager

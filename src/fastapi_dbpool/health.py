@@ -34,6 +34,9 @@ class Check:
     name: str
     ok: bool
     reason: str | None = None
+    #: False for a check whose failure the app works around (a replica: reads go to
+    #: the primary); it makes the report "degraded", not "failing".
+    required: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,16 +47,25 @@ class HealthReport:
 
     @property
     def ok(self) -> bool:
-        """True when every check passed."""
-        return all(check.ok for check in self.checks)
+        """True when every required check passed."""
+        return all(check.ok for check in self.checks if check.required)
+
+    @property
+    def status(self) -> str:
+        """``"ok"``, ``"degraded"`` (an optional check failed) or ``"failing"``."""
+        if not self.ok:
+            return "failing"
+        return "ok" if all(check.ok for check in self.checks) else "degraded"
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-ready form: ``{"status": "ok"|"failing", "checks": {...}}``."""
+        """JSON-ready form: ``{"status": "ok"|"degraded"|"failing", "checks": {...}}``."""
         return {
-            "status": "ok" if self.ok else "failing",
+            "status": self.status,
             "checks": {
                 check.name: {
-                    k: v for k, v in asdict(check).items() if k != "name" and v is not None
+                    k: v
+                    for k, v in asdict(check).items()
+                    if k not in ("name", "required") and v is not None
                 }
                 | {"status": "ok" if check.ok else "failing"}
                 for check in self.checks
@@ -111,8 +123,20 @@ def check_pool(database: Database) -> Check:
 async def check_readiness(
     database: Database, timeout: float = DEFAULT_PROBE_TIMEOUT
 ) -> HealthReport:
-    """Check the database (bounded by *timeout*) and the pool."""
-    return HealthReport([await probe_database(database, timeout), check_pool(database)])
+    """Check the database (bounded by *timeout*), the pool, and the replica if any.
+
+    The replica is probed at the same time as the primary and is not required: while
+    it is down, reads go to the primary and the report says "degraded".
+    """
+    probes = [probe_database(database, timeout)]
+    if database.replica is not None:
+        probes.append(probe_database(database.replica, timeout))
+    results = await asyncio.gather(*probes)
+    checks = [results[0], check_pool(database)]
+    if len(results) > 1:
+        replica = results[1]
+        checks.append(Check("replica", replica.ok, replica.reason, required=False))
+    return HealthReport(checks)
 
 
 def health_router(*, probe_timeout: float = DEFAULT_PROBE_TIMEOUT) -> APIRouter:

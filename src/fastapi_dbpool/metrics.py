@@ -291,7 +291,7 @@ def databases_of(app: Any, databases: Sequence[Database] | None) -> list[Databas
     database: Database | None = getattr(app.state, "fastapi_dbpool", None)
     if database is None:
         raise DatabaseNotStarted("no Database installed on this app: call Database.install(app)")
-    return [database]
+    return database.pools()
 
 
 def install_metrics(
