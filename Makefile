@@ -16,13 +16,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
 run: $(STAMP)  ## migrate the database named by DATABASE_URL and serve on http://$(HOST):$(PORT)
 	$(BIN)/alembic upgrade head
 	$(BIN)/uvicorn users_api.main:app --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff format --check src tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
@@ -31,6 +36,13 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest  ## ruff, mypy --strict, and every test on SQLite and PostgreSQL
+
+# Measures users_api against a raw-driver app, a SQLAlchemy async ORM app, the tutorial's
+# sync-session app and a no-database app, on PostgreSQL (BENCH_POSTGRES_URL, default
+# TEST_POSTGRES_URL) and SQLite; writes bench/results/<date>.md/.json/.png (~20 min).
+# BENCH_QUICK=1: a short run that checks it all works, written to bench/results/tmp/.
+bench: $(BENCH_STAMP)  ## benchmark; see bench/NOTES.md
+	BENCH_QUICK=$(BENCH_QUICK) $(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache users_api.db*

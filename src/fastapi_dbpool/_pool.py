@@ -10,6 +10,7 @@ stock ``AsyncAdaptedQueuePool``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from sqlalchemy.pool import (
     Pool,
     PoolProxiedConnection,
 )
+from sqlalchemy.util import await_
 
 from .errors import ConnectFailed, PoolTimeout, TooManyWaiting
 
@@ -209,9 +211,65 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         self.monitor._pool = new
         return new
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # One permit per connection the pool may hand out. asyncio's Semaphore is FIFO:
+        # a caller arriving while others wait queues behind them. The queue inside
+        # SQLAlchemy's pool is not (a newcomer takes a just-returned connection before
+        # the woken waiter runs, which sends that waiter to the back), and under load
+        # that barging turns into multi-second tail latency.
+        # Threads (the sync pool) queue fairly enough in SQLAlchemy's own queue and
+        # cannot await a semaphore: they keep the plain path.
+        self._permits = (
+            asyncio.Semaphore(self.size() + self.max_overflow) if self._is_asyncio else None
+        )
+
     def _do_get(self) -> ConnectionPoolEntry:
         monitor = self.monitor
-        # Fast path: a free connection, or room to open one; no waiting to account for.
+        permits = self._permits
+        if permits is None:
+            return self._do_get_threaded()
+        if not permits.locked():
+            # A free permit and nobody queued: no waiting to account for.
+            started = time.perf_counter()
+            await_(permits.acquire())  # completes at once: the permit is free
+            entry = self._get_with_permit()
+            monitor._waited(time.perf_counter() - started)
+            return entry
+        if monitor.max_waiting and monitor.waiting >= monitor.max_waiting:
+            monitor.timeouts_total += 1
+            raise self._too_many_waiting()
+        monitor.waiting += 1
+        started = time.perf_counter()
+        try:
+            await_(asyncio.wait_for(permits.acquire(), self._timeout))
+        except TimeoutError:
+            monitor.timeouts_total += 1
+            raise self._timeout_error() from None
+        finally:
+            monitor.waiting -= 1
+        entry = self._get_with_permit()
+        monitor._waited(time.perf_counter() - started)
+        return entry
+
+    def _get_with_permit(self) -> ConnectionPoolEntry:
+        try:
+            return self._get_or_connect()
+        except exc.TimeoutError:
+            self._release_permit()
+            self.monitor.timeouts_total += 1
+            raise self._timeout_error() from None
+        except BaseException:
+            self._release_permit()
+            raise
+
+    def _release_permit(self) -> None:
+        if self._permits is not None:
+            self._permits.release()
+
+    def _do_get_threaded(self) -> ConnectionPoolEntry:
+        """The thread-safe path: count waiters and shed load around SQLAlchemy's queue."""
+        monitor = self.monitor
         if self.checkedout() < self.size() + self.max_overflow:
             started = time.perf_counter()
             entry = super()._do_get()
@@ -219,26 +277,43 @@ class MonitoredPool(AsyncAdaptedQueuePool):
             return entry
         if monitor.max_waiting and monitor.waiting >= monitor.max_waiting:
             monitor.timeouts_total += 1
-            raise TooManyWaiting(
-                f"database busy: {monitor.waiting} requests already wait for a connection "
-                f"(DB_MAX_WAITING={monitor.max_waiting}); raise DB_POOL_SIZE or DB_MAX_WAITING"
-            )
+            raise self._too_many_waiting()
         monitor.waiting += 1
         started = time.perf_counter()
         try:
             entry = super()._do_get()
         except exc.TimeoutError:
             monitor.timeouts_total += 1
-            raise PoolTimeout(
-                f"database busy: no connection became free within {self._timeout:.2f} s "
-                f"(DB_POOL_TIMEOUT); all {self.size()} + {self.max_overflow} overflow "
-                "connections are in use; raise DB_POOL_SIZE or DB_MAX_OVERFLOW, "
-                "or hold connections for less time"
-            ) from None
+            raise self._timeout_error() from None
         finally:
             monitor.waiting -= 1
         monitor._waited(time.perf_counter() - started)
         return entry
+
+    def _too_many_waiting(self) -> TooManyWaiting:
+        return TooManyWaiting(
+            f"database busy: {self.monitor.waiting} requests already wait for a connection "
+            f"(DB_MAX_WAITING={self.monitor.max_waiting}); raise DB_POOL_SIZE or DB_MAX_WAITING"
+        )
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        try:
+            super()._do_return_conn(record)
+        finally:
+            if self._permits is not None:
+                self._permits.release()
+
+    def _timeout_error(self) -> PoolTimeout:
+        return PoolTimeout(
+            f"database busy: no connection became free within {self._timeout:.2f} s "
+            f"(DB_POOL_TIMEOUT); all {self.size()} + {self.max_overflow} overflow "
+            "connections are in use; raise DB_POOL_SIZE or DB_MAX_OVERFLOW, "
+            "or hold connections for less time"
+        )
+
+    def _get_or_connect(self) -> ConnectionPoolEntry:
+        # Connection errors become ConnectFailed in connect(), around the whole checkout.
+        return super()._do_get()
 
     def connect(self) -> PoolProxiedConnection:
         """Check a connection out; raise ConnectFailed when no connection can be opened.

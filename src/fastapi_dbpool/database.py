@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -17,16 +19,22 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from ._cleanup import run_to_completion, wait_for_pending_cleanups
+from ._direct import DirectConnection, StatementCache, close_direct
+from ._ping import install_idle_ping
 from ._pool import MonitoredPool, PoolMonitor, PoolSnapshot
 from ._postgres import connect_args as postgres_connect_args
 from ._postgres import install_statement_timeout
 from ._sqlite import READ_ONLY_OPTION, WriteGate, configure_sqlite
 from ._sqlite_interrupt import install_statement_guard
-from .errors import DatabaseNotStarted
+from ._startup_check import cancel_budget_check, schedule_budget_check
+from .errors import ConnectFailed, DatabaseNotStarted
+from .leaks import watch_for_leaks
 from .settings import DatabaseSettings
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
+
+    from .sync import SyncDatabase
 
 __all__ = ["Database"]
 
@@ -34,6 +42,7 @@ logger = logging.getLogger("fastapi_dbpool")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class Database:
@@ -57,6 +66,19 @@ class Database:
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._read_sessions: async_sessionmaker[AsyncSession] | None = None
         self.write_gate: WriteGate | None = None
+        self._budget_check: asyncio.Task[None] | None = None
+        self.leak_detector = watch_for_leaks(self.monitor, self.settings.leak_threshold_s)
+        self._sync: SyncDatabase | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._statements: StatementCache | None = None
+        # A read replica is a Database of its own (its own pool, monitor and metrics
+        # label); read-only sessions go there while it answers.
+        self.replica: Database | None = (
+            Database(self.settings.for_replica(), name="replica")
+            if self.settings.replica_url is not None
+            else None
+        )
+        self._replica_down_until = 0.0
 
     def __repr__(self) -> str:
         state = "started" if self._engine is not None else "stopped"
@@ -94,6 +116,8 @@ class Database:
         settings = self.settings
         engine = create_async_engine(settings.sqlalchemy_url, **self._engine_options())
         self.monitor.attach(engine.pool)  # type: ignore[arg-type]
+        if settings.pool_pre_ping and settings.backend == "postgresql":
+            install_idle_ping(engine.sync_engine.pool, settings.pool_pre_ping_idle_s)
         if settings.backend == "sqlite":
             self.write_gate = WriteGate(timeout=settings.pool_timeout)
             configure_sqlite(engine.sync_engine, self.write_gate, settings.sqlite_busy_timeout_ms)
@@ -101,6 +125,7 @@ class Database:
         else:
             install_statement_timeout(engine.sync_engine, settings)
         self._engine = engine
+        self._loop = asyncio.get_running_loop()
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         read_engine = engine.execution_options(**self._read_only_options())
         self._read_sessions = async_sessionmaker(read_engine, expire_on_commit=False)
@@ -114,16 +139,29 @@ class Database:
                 "max_overflow": settings.max_overflow,
             },
         )
+        # In the background: start-up neither waits for the database nor fails with it.
+        self._budget_check = schedule_budget_check(self)
+        if self.replica is not None:
+            await self.replica.start()
 
     async def stop(self) -> None:
         """Dispose of the engine, closing every pooled connection."""
-        engine, probe = self._engine, self._probe_engine
-        self._engine = self._probe_engine = None
+        if self.replica is not None:
+            await self.replica.stop()
+        check, self._budget_check = self._budget_check, None
+        await cancel_budget_check(check)
+        engine, probe, sync = self._engine, self._probe_engine, self._sync
+        self._engine = self._probe_engine = self._sync = None
         self._sessions = self._read_sessions = None
+        self._statements = None
         await wait_for_pending_cleanups(timeout=self.settings.pool_timeout)
+        if sync is not None:
+            await sync.dispose()
         for each in (probe, engine):
             if each is not None:
                 await each.dispose()
+        if self.leak_detector is not None:
+            self.leak_detector.stop()
         if engine is not None:
             logger.info("database stopped", extra={"pool": self.name, "event": "stop"})
 
@@ -163,9 +201,39 @@ class Database:
         does not take SQLite's write lock and runs READ ONLY on PostgreSQL.
 
         The connection is checked out at the first statement and returned when the
-        block ends, also when the task is cancelled.
+        block ends, also when the task is cancelled. With a replica configured
+        (``DATABASE_REPLICA_URL``), *read_only* sessions run there, and on the primary
+        for ``DB_REPLICA_RETRY_S`` after the replica failed to connect.
         """
+        replica = self._usable_replica() if read_only else None
+        if replica is not None:
+            return self._on_replica(replica.session(read_only=True))
         return self._session(read_only)
+
+    def pools(self) -> list[Database]:
+        """This database and its replica, if any: what stats and metrics report."""
+        return [self] if self.replica is None else [self, self.replica]
+
+    def _usable_replica(self) -> Database | None:
+        if self.replica is None or time.monotonic() < self._replica_down_until:
+            return None
+        return self.replica
+
+    @asynccontextmanager
+    async def _on_replica(self, opened: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+        try:
+            async with opened as handle:
+                yield handle
+        except ConnectFailed:
+            # This request fails (503): its reads may already have happened. The next
+            # ones go to the primary until the retry delay has passed.
+            self._replica_down_until = time.monotonic() + self.settings.replica_retry_s
+            logger.warning(
+                "replica unreachable; reads go to the primary for %g s",
+                self.settings.replica_retry_s,
+                extra={"pool": "replica", "event": "replica_down"},
+            )
+            raise
 
     @asynccontextmanager
     async def _session(self, read_only: bool) -> AsyncIterator[AsyncSession]:
@@ -202,6 +270,49 @@ class Database:
                 return await func(session, *args, **kwargs)
 
         return wrapper
+
+    @property
+    def sync(self) -> SyncDatabase:
+        """The sync engine on the same database, created at first use (see :mod:`.sync`).
+
+        Raises:
+            DatabaseNotStarted: outside the app's lifespan.
+        """
+        if self._sync is None:
+            from .sync import SyncDatabase
+
+            self.engine  # noqa: B018 - raises DatabaseNotStarted with the reason
+            assert self._loop is not None
+            self._sync = SyncDatabase(self, self._loop)
+        return self._sync
+
+    def connection(
+        self, *, read_only: bool = False
+    ) -> AbstractAsyncContextManager[DirectConnection]:
+        """Open a :class:`~fastapi_dbpool.DirectConnection`: Core statements, no session.
+
+        The fast path for hot endpoints: statements compiled once, run on the pooled
+        driver connection, rows as dicts. A writing connection commits when the block
+        ends and rolls back if it raises; a *read_only* one accepts only selects, and
+        runs on the replica when there is one (see :meth:`session`).
+        """
+        replica = self._usable_replica() if read_only else None
+        if replica is not None:
+            return self._on_replica(replica.connection(read_only=True))
+        return self._direct(read_only)
+
+    @asynccontextmanager
+    async def _direct(self, read_only: bool) -> AsyncIterator[DirectConnection]:
+        statements = self._statements
+        if statements is None:
+            statements = self._statements = StatementCache(self.engine.dialect)
+        connection = DirectConnection(self, statements, read_only=read_only)
+        try:
+            yield connection
+        except BaseException:
+            await close_direct(connection, commit=False)
+            raise
+        await close_direct(connection, commit=not read_only)
 
     # -- introspection ------------------------------------------------------------------
 
@@ -247,7 +358,9 @@ class Database:
             "max_overflow": settings.max_overflow,
             "pool_timeout": settings.pool_timeout,
             "pool_recycle": settings.pool_recycle,
-            "pool_pre_ping": settings.pool_pre_ping,
+            # Replaced by install_idle_ping (see _ping.py); a SQLite file cannot drop a
+            # connection, so there is nothing to ping there.
+            "pool_pre_ping": False,
             "echo": settings.echo,
             "connect_args": self._connect_args(),
         }

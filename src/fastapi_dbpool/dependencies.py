@@ -25,14 +25,20 @@ from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
+from ._direct import DirectConnection
 from .database import Database
 from .errors import DatabaseNotStarted
+from .leaks import endpoint_context
 
 __all__ = [
+    "ConnectionDep",
     "DatabaseDep",
+    "ReadConnectionDep",
     "ReadSessionDep",
     "SessionDep",
+    "get_connection",
     "get_database",
+    "get_read_connection",
     "get_read_session",
     "get_session",
 ]
@@ -48,16 +54,36 @@ def get_database(conn: HTTPConnection) -> Database:
 
 async def get_session(conn: HTTPConnection) -> AsyncIterator[AsyncSession]:
     """Yield the request's session; commit after the handler, roll back if it raised."""
-    async with get_database(conn).session() as session:
-        yield session
+    with endpoint_context(conn):
+        async with get_database(conn).session() as session:
+            yield session
 
 
 async def get_read_session(conn: HTTPConnection) -> AsyncIterator[AsyncSession]:
     """Yield a read-only session: no SQLite write lock, READ ONLY on PostgreSQL."""
-    async with get_database(conn).session(read_only=True) as session:
-        yield session
+    with endpoint_context(conn):
+        async with get_database(conn).session(read_only=True) as session:
+            yield session
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
+
+
+async def get_connection(conn: HTTPConnection) -> AsyncIterator[DirectConnection]:
+    """Yield the request's direct connection; commit after the handler, roll back if it raised."""
+    async with get_database(conn).connection() as connection:
+        yield connection
+
+
+async def get_read_connection(conn: HTTPConnection) -> AsyncIterator[DirectConnection]:
+    """Yield a read-only direct connection: selects only, each without BEGIN/ROLLBACK."""
+    async with get_database(conn).connection(read_only=True) as connection:
+        yield connection
+
+
+# The fast path for hot endpoints (see DirectConnection); function-scoped like SessionDep,
+# so the commit happens before the response is sent.
+ConnectionDep = Annotated[DirectConnection, Depends(get_connection, scope="function")]
+ReadConnectionDep = Annotated[DirectConnection, Depends(get_read_connection, scope="function")]

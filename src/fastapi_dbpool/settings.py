@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -168,6 +175,51 @@ class DatabaseSettings(BaseSettings):
         validation_alias=_env("DB_SQLITE_BUSY_TIMEOUT_MS", "sqlite_busy_timeout_ms"),
         description="How long SQLite waits for another process's write lock.",
     )
+    metrics: bool = Field(
+        default=True,
+        validation_alias=_env("DB_METRICS", "metrics"),
+        description="Serve /metrics and the /pool dashboard; false installs neither.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("DB_METRICS_TOKEN", "metrics_token"),
+        description="When set, /metrics and /pool require Authorization: Bearer <token>.",
+    )
+    log_json: bool = Field(
+        default=False,
+        validation_alias=_env("DB_LOG_JSON", "log_json"),
+        description="configure_logging() writes one JSON object per line instead of text.",
+    )
+    leak_threshold_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=24 * 3600,
+        validation_alias=_env("DB_LEAK_THRESHOLD_S", "leak_threshold_s"),
+        description="Warn when a connection is held longer than this many seconds; 0 = off.",
+    )
+    pool_pre_ping_idle_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        validation_alias=_env("DB_POOL_PRE_PING_IDLE_S", "pool_pre_ping_idle_s"),
+        description=(
+            "With DB_POOL_PRE_PING, ping only connections idle longer than this (seconds; "
+            "0 = every checkout). Connections the server closed are always replaced."
+        ),
+    )
+
+    replica_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("DATABASE_REPLICA_URL", "replica_url"),
+        description="A PostgreSQL read replica: read-only sessions use it; unset = none.",
+    )
+    replica_retry_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        validation_alias=_env("DB_REPLICA_RETRY_S", "replica_retry_s"),
+        description="After the replica fails to connect, send reads to the primary this long.",
+    )
     pgbouncer: bool = Field(
         default=False,
         validation_alias=_env("DB_PGBOUNCER", "pgbouncer"),
@@ -177,15 +229,41 @@ class DatabaseSettings(BaseSettings):
         ),
     )
 
-    @field_validator("url", mode="before")
+    @field_validator("url", "replica_url", mode="before")
     @classmethod
-    def _normalise(cls, value: Any) -> SecretStr:
+    def _normalise(cls, value: Any) -> SecretStr | None:
+        if value is None or value == "":
+            return None
         raw = value.get_secret_value() if isinstance(value, SecretStr) else value
         if not isinstance(raw, str | URL):
             raise ValueError("must be a string")
         if isinstance(raw, URL):
             raw = raw.render_as_string(hide_password=False)
         return SecretStr(normalise_url(raw).render_as_string(hide_password=False))
+
+    @model_validator(mode="after")
+    def _replica_needs_postgresql(self) -> DatabaseSettings:
+        if self.replica_url is not None:
+            replica = make_url(self.replica_url.get_secret_value())
+            if self.backend != "postgresql" or not replica.drivername.startswith("postgresql"):
+                # Raised as a ValueError on the field so the message names the variable.
+                raise ValueError("DATABASE_REPLICA_URL: read replicas need PostgreSQL")
+        return self
+
+    def for_replica(self) -> DatabaseSettings:
+        """The same pool settings, pointed at the replica (which has no replica itself)."""
+        if self.replica_url is None:
+            raise ValueError("no DATABASE_REPLICA_URL set")
+        return self.model_copy(update={"url": self.replica_url, "replica_url": None})
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, value: Any) -> Any:
+        # DB_METRICS_TOKEN= (empty) in a compose file means "no token", not "the empty token".
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str) and not raw.strip():
+            return None
+        return value
 
     @classmethod
     def from_env(cls, **overrides: Any) -> DatabaseSettings:
@@ -231,7 +309,10 @@ class DatabaseSettings(BaseSettings):
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_url=False, include_input=False):
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:  # a check across fields: its message names the variable
+            problems.append(error["msg"].removeprefix("Value error, "))
+            continue
+        field = str(error["loc"][0])
         env = _ENV_NAMES.get(field, field)
         problems.append(f"{env}: {error['msg']}")
     return "invalid database settings: " + "; ".join(problems)

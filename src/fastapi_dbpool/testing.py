@@ -13,12 +13,13 @@ __all__ = ["assert_pool_idle", "wait_pool_idle"]
 async def wait_pool_idle(database: Database, timeout: float = 5.0) -> int:
     """Wait up to *timeout* seconds for every connection to be returned.
 
-    Returns the number still checked out (0 when idle). Background tasks and handed-off
-    cleanups may return connections a moment after the response.
+    Returns the number still checked out (0 when idle), counting the sync pool too if
+    it was used. Background tasks and handed-off cleanups may return connections a
+    moment after the response.
     """
     deadline = time.monotonic() + timeout
     while True:
-        checked_out = database.pool_snapshot().checked_out
+        checked_out = _checked_out(database)
         if checked_out == 0 or time.monotonic() >= deadline:
             return checked_out
         await asyncio.sleep(0.01)
@@ -28,3 +29,11 @@ async def assert_pool_idle(database: Database, timeout: float = 5.0) -> None:
     """Fail with an AssertionError if connections stay checked out past *timeout*."""
     left = await wait_pool_idle(database, timeout)
     assert left == 0, f"{left} connection(s) still checked out from pool {database.name!r}"
+
+
+def _checked_out(database: Database) -> int:
+    count = database.pool_snapshot().checked_out
+    sync = database._sync  # only if created: looking must not create it
+    if sync is not None:
+        count += sync.pool_snapshot().checked_out
+    return count

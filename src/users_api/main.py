@@ -9,7 +9,14 @@ from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 
-from fastapi_dbpool import Database, DatabaseSettings, health_router
+from fastapi_dbpool import (
+    Database,
+    DatabaseSettings,
+    configure_logging,
+    health_router,
+    install_dashboard,
+    install_metrics,
+)
 
 from .processing import resume_stranded
 from .routes import items, users
@@ -46,6 +53,10 @@ def create_app(settings: DatabaseSettings | None = None) -> FastAPI:
     app.include_router(users.router)
     app.include_router(items.router)
     app.include_router(health_router())
+    install_metrics(app)  # GET /metrics; DB_METRICS=false turns it and the dashboard off
+    install_dashboard(app)  # GET /pool
+    if database.settings.log_json:
+        configure_logging(as_json=True, loggers=("fastapi_dbpool", "users_api"))
     return app
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
-from fastapi_dbpool import DatabaseDep, ReadSessionDep, SessionDep
+from fastapi_dbpool import DatabaseDep, ReadConnectionDep, ReadSessionDep, SessionDep
 
 from ..models import Item, User
 from ..processing import Claim, claim, process_item
@@ -20,6 +20,21 @@ router = APIRouter(prefix="/items", tags=["items"])
 ItemId = Annotated[int, Path(ge=1, le=INT32_MAX, description="The item's id")]
 Limit = Annotated[int, Query(ge=1, le=100)]
 Offset = Annotated[int, Query(ge=0, le=INT32_MAX)]
+
+
+# One statement per filter combination, built once (see DirectConnection).
+_LISTS = {
+    (by_owner, by_status): select(Item.__table__)
+    .where(
+        *([Item.owner_id == bindparam("owner_id")] if by_owner else []),
+        *([Item.status == bindparam("status")] if by_status else []),
+    )
+    .order_by(Item.id)
+    .limit(bindparam("limit"))
+    .offset(bindparam("offset"))
+    for by_owner in (False, True)
+    for by_status in (False, True)
+}
 
 
 def _not_found(item_id: int) -> HTTPException:
@@ -55,19 +70,20 @@ async def create_item(body: ItemCreate, session: SessionDep) -> Item:
 
 @router.get("", response_model=list[ItemOut])
 async def list_items(
-    session: ReadSessionDep,
+    db: ReadConnectionDep,
     owner_id: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
     item_status: Annotated[ItemStatus | None, Query(alias="status")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> list[Item]:
+) -> list[dict[str, Any]]:
     """List items by id, optionally of one owner and/or in one status."""
-    query = select(Item).order_by(Item.id).limit(limit).offset(offset)
+    query = _LISTS[owner_id is not None, item_status is not None]
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
     if owner_id is not None:
-        query = query.where(Item.owner_id == owner_id)
+        params["owner_id"] = owner_id
     if item_status is not None:
-        query = query.where(Item.status == item_status)
-    return list(await session.scalars(query))
+        params["status"] = item_status
+    return await db.all(query, **params)
 
 
 @router.get("/{item_id}", response_model=ItemOut)

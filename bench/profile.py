@@ -1,0 +1,81 @@
+"""Profile users_api under load: ``python -m bench.profile [ENDPOINT] [--backend B]``.
+
+Starts users_api on a fresh seeded database, loads one endpoint with wrk, and samples
+the server with py-spy for the measured seconds. Writes the collapsed stacks to
+bench/profiles/<endpoint>-<backend>.txt and prints the functions that hold the most
+samples (inclusive), which is where NOTES.md takes its profiles from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+import threading
+from collections import Counter
+from pathlib import Path
+
+from . import database
+from .harness import backend_database
+from .loadgen import ENDPOINTS, run_wrk
+from .servers import APPS, AppServer
+
+OUT = Path(__file__).resolve().parent / "profiles"
+
+
+def summarise(collapsed: Path, top: int = 40) -> str:
+    """The *top* frames by inclusive share of samples, from py-spy's collapsed output."""
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        for frame in set(stack.split(";")):
+            inclusive[frame] += n
+    rows = [f"{n / total:6.1%}  {frame}" for frame, n in inclusive.most_common(top)]
+    return f"{total} samples\n" + "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile")
+    parser.add_argument("endpoint", nargs="?", default="get_user", choices=list(ENDPOINTS))
+    parser.add_argument("--backend", default="postgresql", choices=("postgresql", "sqlite"))
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--app", default="users_api", choices=list(APPS))
+    args = parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    out = OUT / f"{args.app}-{args.endpoint}-{args.backend}.txt"
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        backend_database(args.backend, Path(tmp)) as url,
+    ):
+        database.migrate(url)
+        database.seed(url, 10_000, 10)
+        server = AppServer(APPS[args.app], url, log_dir=Path(tmp)).start()
+        try:
+            mode = ENDPOINTS[args.endpoint].mode
+            run_wrk(server.base, mode, seconds=2, connections=64, max_id=10_000)
+            assert server.process is not None
+            spy = threading.Thread(
+                target=subprocess.run,
+                args=(
+                    [
+                        "py-spy", "record", "--nonblocking", "--format", "raw",
+                        "-d", str(int(args.seconds)), "-r", "200", "-o", str(out),
+                        "-p", str(server.process.pid),
+                    ],
+                ),
+                kwargs={"capture_output": True, "check": False},
+            )  # fmt: skip
+            spy.start()
+            sample = run_wrk(server.base, mode, seconds=args.seconds, connections=64, max_id=10_000)
+            spy.join()
+        finally:
+            server.stop()
+    print(f"{args.app} {args.endpoint} on {args.backend}: {sample.rps:,.0f} req/s")
+    print(summarise(out))
+
+
+if __name__ == "__main__":
+    main()

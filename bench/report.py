@@ -1,0 +1,288 @@
+"""Turn a run's records into bench/results/<date>.md, .json and the scaling plots.
+
+Each figure is the best of the passes (the highest req/s, with that pass's latencies and
+errors): on a shared machine, the best pass is the one least disturbed by other work.
+Ratios compare with the raw-driver app measured in the same run on the same backend.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .harness import COMPARED, Run
+from .loadgen import ENDPOINTS
+from .servers import APPS
+
+Key = tuple[str, str, str, str, int, int]
+
+
+def best(records: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    """The best pass of each measured point, keyed by what was measured."""
+    grouped: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        key = (r["suite"], r["backend"], r["app"], r["variant"], r["connections"], r["pool_size"])
+        grouped[(*key[:4], r["endpoint"], *key[4:])].append(r)  # type: ignore[arg-type]
+    return {key: max(group, key=lambda r: r["rps"]) for key, group in grouped.items()}
+
+
+def _find(
+    points: dict[Any, dict[str, Any]], suite: str, backend: str, app: str, endpoint: str
+) -> dict[str, Any] | None:
+    for key, value in points.items():
+        if key[:3] == (suite, backend, app) and key[4] == endpoint:
+            return value
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "n/a"
+
+
+def targets(run: Run, points: dict[Any, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Check each target of the issue against this run; None where not measured."""
+
+    def get(backend: str, app: str, endpoint: str, field: str) -> float | None:
+        found = _find(points, "compare", backend, app, endpoint)
+        return float(found[field]) if found else None
+
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, value: float | None, goal: str, ok: bool | None) -> None:
+        checks.append({"target": name, "value": value, "goal": goal, "met": ok})
+
+    pg = "postgresql"
+    r = _ratio(get(pg, "users_api", "get_user", "rps"), get(pg, "raw", "get_user", "rps"))
+    check("PostgreSQL GET /users/{id} req/s vs raw asyncpg", r, ">= 0.75x", _ge(r, 0.75))
+    r = _ratio(get(pg, "users_api", "get_user", "rps"), get(pg, "orm", "get_user", "rps"))
+    check("PostgreSQL GET /users/{id} req/s vs SQLAlchemy async ORM", r, ">= 3x", _ge(r, 3))
+    r = _ratio(get(pg, "users_api", "get_user", "p99_ms"), get(pg, "raw", "get_user", "p99_ms"))
+    check("PostgreSQL GET /users/{id} p99 vs raw asyncpg", r, "<= 2x", _le(r, 2))
+    r = _ratio(get(pg, "users_api", "post_user", "rps"), get(pg, "raw", "post_user", "rps"))
+    check("PostgreSQL POST /users req/s vs raw asyncpg", r, ">= 0.6x", _ge(r, 0.6))
+    sq = "sqlite"
+    r = _ratio(get(sq, "users_api", "get_user", "rps"), get(sq, "orm", "get_user", "rps"))
+    check("SQLite GET /users/{id} req/s vs SQLAlchemy async ORM", r, ">= 2x", _ge(r, 2))
+
+    sweep = [v for k, v in points.items() if k[0] == "concurrency" and k[2] == "users_api"]
+    if sweep:
+        peak = max(v["rps"] for v in sweep)
+        top = max(sweep, key=lambda v: v["connections"])
+        r = top["rps"] / peak if peak else None
+        ok = top["errors"] == 0 and _ge(r, 0.9)
+        check(
+            f"{top['connections']} connections, pool {top['pool_size']}: share of peak req/s "
+            f"({top['errors']} errors)",
+            r,
+            ">= 0.90 and 0 errors",
+            ok,
+        )
+    on = [v for k, v in points.items() if k[0] == "metrics" and k[3] == "metrics on"]
+    off = [v for k, v in points.items() if k[0] == "metrics" and k[3] == "metrics off"]
+    if on and off:
+        for endpoint in ("get_user", "post_user"):
+            a = next((v for v in on if v["endpoint"] == endpoint), None)
+            b = next((v for v in off if v["endpoint"] == endpoint), None)
+            cost = 1 - a["rps"] / b["rps"] if a and b and b["rps"] else None
+            check(
+                f"metrics + leak detection cost, {ENDPOINTS[endpoint].label}",
+                cost,
+                "< 5%",
+                cost is not None and cost < 0.05,
+            )
+    return checks
+
+
+def _ge(value: float | None, goal: float) -> bool | None:
+    return None if value is None else value >= goal
+
+
+def _le(value: float | None, goal: float) -> bool | None:
+    return None if value is None else value <= goal
+
+
+def write(run: Run, out_dir: Path) -> Path:
+    """Write the markdown, JSON and plots of *run* into *out_dir*; return the .md path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d-%H%M", time.localtime(run.started))
+    points = best(run.records)
+    checks = targets(run, points)
+    plots = _plots(points, out_dir, stamp)
+    md = out_dir / f"{stamp}.md"
+    md.write_text(_markdown(run, points, checks, plots))
+    (out_dir / f"{stamp}.json").write_text(
+        json.dumps(
+            {
+                "config": {k: getattr(run.config, k) for k in run.config.__dataclass_fields__},
+                "machine": run.machine,
+                "notes": run.notes,
+                "targets": checks,
+                "best": [dict(v) for v in points.values()],
+                "records": run.records,
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    return md
+
+
+def _markdown(
+    run: Run, points: dict[Any, dict[str, Any]], checks: list[dict[str, Any]], plots: list[str]
+) -> str:
+    c, m = run.config, run.machine
+    lines = [
+        f"# Benchmark {time.strftime('%Y-%m-%d %H:%M', time.localtime(run.started))}"
+        + (" (quick mode: not a measurement)" if c.quick else ""),
+        "",
+        f"Commit {m['commit']}; {m['cpus']} x {m['cpu']}; Python {m['python']}; "
+        f"{m['pinning']}. One uvicorn worker (uvloop, httptools), pool of {c.pool_size}, "
+        f"{c.users:,} users and {c.items:,} items. wrk -t1 -c{c.connections}, "
+        f"{c.warmup:g} s warm-up then {c.duration:g} s measured, {c.passes} pass(es) "
+        "interleaved across apps; each figure is the **best pass** (highest req/s). "
+        "Ratios are to the raw-driver app in the same run. Errors count non-2xx answers "
+        "and socket errors/timeouts.",
+        "",
+        "Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + ".",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | goal | met |",
+        "|---|---|---|---|",
+    ]
+    for t in checks:
+        value = t["value"]
+        shown = (
+            "n/a"
+            if value is None
+            else (f"{value:.1%}" if "cost" in t["target"] else f"{value:.2f}x")
+        )
+        met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
+        lines.append(f"| {t['target']} | {shown} | {t['goal']} | {met} |")
+    for backend in run.config.backends:
+        lines += ["", f"## {backend}", ""]
+        lines += [
+            "| endpoint | app | req/s | x raw | p50 ms | p99 ms | p99 x raw | errors |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for endpoint, spec in ENDPOINTS.items():
+            raw = _find(points, "compare", backend, "raw", endpoint)
+            apps = [(backend, a) for a in COMPARED]
+            if backend == run.config.backends[0]:
+                apps.append(("none", "nodb"))
+            for be, app in apps:
+                p = _find(points, "compare", be, app, endpoint)
+                if p is None:
+                    continue
+                lines.append(
+                    f"| {spec.label} | {APPS[app].label} | {p['rps']:,.0f} | "
+                    f"{_fmt_ratio(_ratio(p['rps'], raw['rps'] if raw else None))} | "
+                    f"{p['p50_ms']:.1f} | {p['p99_ms']:.1f} | "
+                    f"{_fmt_ratio(_ratio(p['p99_ms'], raw['p99_ms'] if raw else None))} | "
+                    f"{p['errors']} |"
+                )
+    lines += _scaling_tables(points)
+    lines += ["", *(f"![{p}]({p})" for p in plots)] if plots else []
+    if run.notes:
+        lines += ["", "## Notes", "", *(f"- {n}" for n in run.notes)]
+    loads = [r["load_average"] for r in run.records]
+    if loads:
+        lines += [
+            "",
+            f"1-minute load average during the run: {min(loads):.2f} to {max(loads):.2f} "
+            f"(the app, PostgreSQL and wrk alone make about 2; more means other work shared "
+            "the machine).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _scaling_tables(points: dict[Any, dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    sweep = sorted(
+        (v for k, v in points.items() if k[0] == "concurrency"),
+        key=lambda v: (v["app"], v["connections"]),
+    )
+    if sweep:
+        lines += ["", "## Concurrency (PostgreSQL, GET /users/{id}, pool 10)", ""]
+        lines += [
+            "| app | connections | req/s | p50 ms | p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {APPS[v['app']].label} | {v['connections']} | {v['rps']:,.0f} | "
+            f"{v['p50_ms']:.1f} | {v['p99_ms']:.1f} | {v['errors']} |"
+            for v in sweep
+        ]
+    pools = sorted((v for k, v in points.items() if k[0] == "pool"), key=lambda v: v["pool_size"])
+    if pools:
+        lines += ["", "## Pool size (PostgreSQL, users_api, GET /users/{id}, 64 connections)", ""]
+        lines += ["| pool | req/s | p50 ms | p99 ms | errors |", "|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"| {v['pool_size']} | {v['rps']:,.0f} | {v['p50_ms']:.1f} | {v['p99_ms']:.1f} | "
+            f"{v['errors']} |"
+            for v in pools
+        ]
+    metrics = sorted(
+        (v for k, v in points.items() if k[0] == "metrics"),
+        key=lambda v: (v["endpoint"], v["variant"]),
+    )
+    if metrics:
+        lines += ["", "## Metrics and leak detection on/off (PostgreSQL, users_api)", ""]
+        lines += [
+            "| endpoint | variant | req/s | p50 ms | p99 ms | errors |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {ENDPOINTS[v['endpoint']].label} | {v['variant']} | {v['rps']:,.0f} | "
+            f"{v['p50_ms']:.1f} | {v['p99_ms']:.1f} | {v['errors']} |"
+            for v in metrics
+        ]
+    return lines
+
+
+def _plots(points: dict[Any, dict[str, Any]], out_dir: Path, stamp: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    sweeps = [
+        ("concurrency", "connections", "concurrent connections (pool 10)", True),
+        ("pool", "pool_size", "pool size (64 connections)", False),
+    ]
+    for suite, field, xlabel, logx in sweeps:
+        series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for key, value in points.items():
+            if key[0] == suite:
+                series[value["app"]].append(value)
+        if not series:
+            continue
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        for app, values in sorted(series.items()):
+            values.sort(key=lambda v: v[field])
+            xs = [v[field] for v in values]
+            left.plot(xs, [v["rps"] for v in values], marker="o", label=APPS[app].label)
+            right.plot(xs, [v["p99_ms"] for v in values], marker="o", label=APPS[app].label)
+        for axis, ylabel in ((left, "req/s"), (right, "p99 latency (ms)")):
+            axis.set_xlabel(xlabel)
+            axis.set_ylabel(ylabel)
+            axis.grid(True, alpha=0.3)
+            if logx:
+                axis.set_xscale("log", base=2)
+        right.set_yscale("log")
+        left.legend(fontsize=8)
+        fig.suptitle(f"PostgreSQL, GET /users/{{id}}: req/s and p99 against {suite}")
+        fig.tight_layout()
+        name = f"{stamp}-{suite}.png"
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+        written.append(name)
+    return written

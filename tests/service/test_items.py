@@ -1,0 +1,178 @@
+"""The /items contract and background processing, on both databases."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from fastapi_dbpool import Database
+from users_api.models import Item
+from users_api.processing import analyse, process_item, resume_stranded
+
+
+@pytest.fixture
+async def owner(client: httpx.AsyncClient) -> int:
+    response = await client.post("/users", json={"name": "Owner", "email": "owner@x.com"})
+    return int(response.json()["id"])
+
+
+async def new_item(client: httpx.AsyncClient, owner: int, **fields: object) -> dict:
+    response = await client.post("/items", json={"title": "T", "owner_id": owner, **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_create_read_update_delete(client: httpx.AsyncClient, owner: int) -> None:
+    item = await new_item(client, owner, description="hello world")
+    assert item["status"] == "pending" and item["result"] is None and item["processed_at"] is None
+    assert item["created_at"].endswith("+00:00")
+    assert (await client.get(f"/items/{item['id']}")).json() == item
+    patched = await client.patch(f"/items/{item['id']}", json={"title": "New", "description": None})
+    assert patched.status_code == 200
+    assert patched.json()["title"] == "New" and patched.json()["description"] is None
+    assert (await client.delete(f"/items/{item['id']}")).status_code == 204
+    assert (await client.get(f"/items/{item['id']}")).status_code == 404
+    assert (await client.delete(f"/items/{item['id']}")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"title": ""},
+        {"title": "x" * 201},
+        {"title": "t", "description": "d" * 10_001},
+        {"title": "nul\x00"},
+        {"title": "t", "description": "nul\x00"},
+        {"title": "t", "owner_id": "1"},
+        {"title": "t", "status": "done"},
+        {"title": "t", "result": {"words": 1}},
+        {"title": "t", "id": 5},
+        {"title": "t", "processed_at": "2020-01-01T00:00:00+00:00"},
+    ],
+)
+async def test_invalid_item_is_422(client: httpx.AsyncClient, owner: int, body: dict) -> None:
+    body = {"owner_id": owner, **body}
+    assert (await client.post("/items", json=body)).status_code == 422
+    assert (await client.get("/items")).json() == []
+
+
+@pytest.mark.parametrize("owner_id", [2147483600, 0, -1, 99999999999999999999, 2**31])
+async def test_unknown_or_out_of_range_owner_is_422(
+    client: httpx.AsyncClient, owner_id: int
+) -> None:
+    assert (
+        await client.post("/items", json={"title": "t", "owner_id": owner_id})
+    ).status_code == 422
+
+
+async def test_read_only_fields_on_update_are_422(client: httpx.AsyncClient, owner: int) -> None:
+    item = await new_item(client, owner)
+    for body in ({"owner_id": owner}, {"status": "done"}, {"result": None}, {"title": None}, {}):
+        assert (await client.patch(f"/items/{item['id']}", json=body)).status_code == 422
+    assert (await client.get(f"/items/{item['id']}")).json() == item
+
+
+async def test_list_filters(client: httpx.AsyncClient, owner: int) -> None:
+    other = (await client.post("/users", json={"name": "O", "email": "o@x.com"})).json()["id"]
+    mine = [await new_item(client, owner) for _ in range(3)]
+    await new_item(client, other)
+    listed = (await client.get(f"/items?owner_id={owner}")).json()
+    assert [i["id"] for i in listed] == [i["id"] for i in mine]
+    assert len((await client.get("/items?status=pending")).json()) == 4
+    assert (await client.get("/items?status=done")).json() == []
+    assert len((await client.get("/items?limit=2&offset=1")).json()) == 2
+    for query in ("status=bogus", "limit=0", "limit=101", "owner_id=abc", "owner_id=99999999999"):
+        assert (await client.get(f"/items?{query}")).status_code == 422
+
+
+async def wait_for_status(client: httpx.AsyncClient, item_id: int, status: str) -> dict:
+    for _ in range(200):
+        item = (await client.get(f"/items/{item_id}")).json()
+        if item["status"] == status:
+            return item
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"item {item_id} never reached {status}: {item}")
+
+
+async def test_process_runs_in_the_background(client: httpx.AsyncClient, owner: int) -> None:
+    item = await new_item(client, owner, description="one two  three")
+    response = await client.post(f"/items/{item['id']}/process")
+    assert response.status_code == 202
+    assert response.json() == {"id": item["id"], "status": "queued"}
+    done = await wait_for_status(client, item["id"], "done")
+    assert done["result"] == {"words": 3, "characters": 14}
+    assert done["processed_at"].endswith("+00:00")
+    assert (await client.post(f"/items/{item['id']}/process")).status_code == 409
+
+
+async def test_process_without_description(client: httpx.AsyncClient, owner: int) -> None:
+    item = await new_item(client, owner)
+    assert (await client.post(f"/items/{item['id']}/process")).status_code == 202
+    assert (await wait_for_status(client, item["id"], "done"))["result"] == {
+        "words": 0,
+        "characters": 0,
+    }
+
+
+async def test_process_unknown_item_is_404(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/items/2147483600/process")).status_code == 404
+    assert (await client.post("/items/99999999999/process")).status_code == 422
+
+
+async def test_repeat_while_queued_is_202_without_a_second_run(
+    client: httpx.AsyncClient, owner: int, database: Database
+) -> None:
+    item = await new_item(client, owner, description="a b")
+    # Put it in "queued" as a first request would, without running the task.
+    async with database.session() as session:
+        await session.execute(update(Item).where(Item.id == item["id"]).values(status="queued"))
+    again = await client.post(f"/items/{item['id']}/process")
+    assert again.status_code == 202 and again.json()["status"] == "queued"
+    # No task was scheduled by the repeat: it stays queued.
+    await asyncio.sleep(0.1)
+    assert (await client.get(f"/items/{item['id']}")).json()["status"] == "queued"
+
+
+async def test_concurrent_process_requests_run_once(
+    client: httpx.AsyncClient, owner: int, database: Database
+) -> None:
+    items = [await new_item(client, owner, description="x y z") for _ in range(10)]
+    responses = await asyncio.gather(
+        *(client.post(f"/items/{i['id']}/process") for i in items for _ in range(3))
+    )
+    assert {r.status_code for r in responses} == {202}
+    for item in items:
+        assert (await wait_for_status(client, item["id"], "done"))["result"]["words"] == 3
+
+
+async def test_stranded_items_are_resumed(
+    client: httpx.AsyncClient, owner: int, database: Database
+) -> None:
+    queued = await new_item(client, owner, description="q")
+    processing = await new_item(client, owner, description="p p")
+    async with database.session() as session:
+        await session.execute(update(Item).where(Item.id == queued["id"]).values(status="queued"))
+        await session.execute(
+            update(Item).where(Item.id == processing["id"]).values(status="processing")
+        )
+    assert await resume_stranded(database) == 2
+    async with database.session(read_only=True) as session:
+        statuses = set(await session.scalars(select(Item.status)))
+    assert statuses == {"done"}
+
+
+async def test_task_for_a_deleted_item_does_nothing(
+    client: httpx.AsyncClient, owner: int, database: Database
+) -> None:
+    item = await new_item(client, owner)
+    assert (await client.delete(f"/items/{item['id']}")).status_code == 204
+    await process_item(database, item["id"])  # must not raise
+
+
+def test_analyse() -> None:
+    assert analyse(None) == {"words": 0, "characters": 0}
+    assert analyse("") == {"words": 0, "characters": 0}
+    assert analyse("  a\tb\nc  ") == {"words": 3, "characters": 9}

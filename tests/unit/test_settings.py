@@ -1,0 +1,141 @@
+"""DatabaseSettings: environment names, URL mapping, validation messages, redaction."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastapi_dbpool import Database, DatabaseSettings, SettingsError, redact_url
+from tests.strategies import passwords
+
+CANARY = "s3cr3t-CANARY"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "DATABASE_URL",
+        "DB_POOL_SIZE",
+        "DB_MAX_OVERFLOW",
+        "DB_POOL_TIMEOUT",
+        "DB_POOL_RECYCLE",
+        "DB_POOL_PRE_PING",
+        "DB_ECHO",
+        "DB_STATEMENT_TIMEOUT_MS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults() -> None:
+    settings = DatabaseSettings.from_env()
+    assert settings.sqlalchemy_url.drivername == "sqlite+aiosqlite"
+    assert settings.sqlalchemy_url.database == "./users_api.db"
+    assert settings.pool_pre_ping is True
+    assert settings.statement_timeout_ms == 0
+
+
+def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@db:5432/app")
+    monkeypatch.setenv("DB_POOL_SIZE", "7")
+    monkeypatch.setenv("DB_MAX_OVERFLOW", "3")
+    monkeypatch.setenv("DB_POOL_TIMEOUT", "2.5")
+    monkeypatch.setenv("DB_POOL_RECYCLE", "60")
+    monkeypatch.setenv("DB_POOL_PRE_PING", "false")
+    monkeypatch.setenv("DB_ECHO", "1")
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "1500")
+    settings = DatabaseSettings.from_env()
+    assert (settings.pool_size, settings.max_overflow, settings.pool_timeout) == (7, 3, 2.5)
+    assert (settings.pool_recycle, settings.pool_pre_ping, settings.echo) == (60, False, True)
+    assert settings.statement_timeout_ms == 1500
+    assert settings.backend == "postgresql"
+
+
+@pytest.mark.parametrize(
+    ("given_url", "driver"),
+    [
+        ("postgresql://u@h/db", "postgresql+asyncpg"),
+        ("postgres://u@h/db", "postgresql+asyncpg"),
+        ("postgresql+psycopg2://u@h/db", "postgresql+asyncpg"),
+        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg"),
+        ("sqlite:///./x.db", "sqlite+aiosqlite"),
+        ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite"),
+    ],
+)
+def test_url_schemes_map_to_async_drivers(given_url: str, driver: str) -> None:
+    assert DatabaseSettings(url=given_url).sqlalchemy_url.drivername == driver
+
+
+def test_sync_url_uses_sync_drivers() -> None:
+    assert DatabaseSettings(url="postgres://u@h/db").sync_url.drivername == "postgresql+psycopg"
+    assert DatabaseSettings(url="sqlite:///x.db").sync_url.drivername == "sqlite+pysqlite"
+
+
+def test_libpq_sslmode_is_translated_for_asyncpg() -> None:
+    url = DatabaseSettings(url="postgresql://u@h/db?sslmode=require").sqlalchemy_url
+    assert dict(url.query) == {"ssl": "require"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DB_POOL_SIZE", "abc"),
+        ("DB_POOL_SIZE", "0"),
+        ("DB_MAX_OVERFLOW", "-1"),
+        ("DB_POOL_TIMEOUT", "0"),
+        ("DB_POOL_PRE_PING", "maybe"),
+        ("DB_STATEMENT_TIMEOUT_MS", "-5"),
+        ("DATABASE_URL", "mysql://u@h/db"),
+        ("DATABASE_URL", "not a url"),
+        ("DATABASE_URL", "sqlite:///:memory:"),
+    ],
+)
+def test_invalid_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=variable):
+        DatabaseSettings.from_env()
+
+
+def test_invalid_url_error_hides_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"mysql://user:{CANARY}@h/db")
+    with pytest.raises(SettingsError) as caught:
+        DatabaseSettings.from_env()
+    assert CANARY not in str(caught.value)
+    assert CANARY not in repr(caught.value)
+
+
+def test_password_never_in_repr_or_str() -> None:
+    settings = DatabaseSettings(url=f"postgresql://user:{CANARY}@h:5432/db")
+    for text in (repr(settings), str(settings), settings.redacted_url, repr(Database(settings))):
+        assert CANARY not in text
+    assert "***" in settings.redacted_url
+    # ...but SQLAlchemy gets it.
+    assert settings.sqlalchemy_url.password == CANARY
+
+
+@given(password=passwords())
+def test_redaction_holds_for_any_password(password: str) -> None:
+    settings = DatabaseSettings(url=f"postgresql://user:{password}@h:5432/db")
+    assert settings.sqlalchemy_url.password == password
+    assert password not in repr(settings)
+    assert password not in settings.redacted_url
+
+
+def test_unparseable_url_is_fully_redacted() -> None:
+    assert redact_url("::::") == "<unparseable database URL>"
+
+
+@given(
+    size=st.integers(min_value=1, max_value=1000),
+    overflow=st.integers(min_value=0, max_value=1000),
+    timeout=st.floats(min_value=0.001, max_value=3600),
+)
+def test_valid_pool_numbers_round_trip(size: int, overflow: int, timeout: float) -> None:
+    settings = DatabaseSettings(pool_size=size, max_overflow=overflow, pool_timeout=timeout)
+    assert (settings.pool_size, settings.max_overflow, settings.pool_timeout) == (
+        size,
+        overflow,
+        timeout,
+    )
