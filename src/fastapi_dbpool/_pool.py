@@ -27,7 +27,7 @@ from sqlalchemy.util import await_
 
 from .errors import ConnectFailed, PoolTimeout, TooManyWaiting
 
-__all__ = ["MonitoredPool", "PoolMonitor", "PoolSnapshot"]
+__all__ = ["MonitoredPool", "PoolMonitor", "PoolSnapshot", "acquire_within"]
 
 # A callback that receives one duration in seconds (checkout wait or hold time).
 DurationObserver = Callable[[float], None]
@@ -242,7 +242,7 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         monitor.waiting += 1
         started = time.perf_counter()
         try:
-            await_(asyncio.wait_for(permits.acquire(), self._timeout))
+            await_(acquire_within(permits, self._timeout))
         except TimeoutError:
             monitor.timeouts_total += 1
             raise self._timeout_error() from None
@@ -342,6 +342,19 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         if isinstance(driver_error, type) and issubclass(driver_error, BaseException):
             return (OSError, TimeoutError, driver_error)
         return (OSError, TimeoutError)
+
+
+async def acquire_within(primitive: asyncio.Semaphore | asyncio.Lock, timeout: float) -> None:
+    """Acquire *primitive*, raising TimeoutError after *timeout* seconds.
+
+    Not ``asyncio.wait_for``: on Python 3.11, when the caller is cancelled just as the
+    acquire completes, wait_for returns normally and the cancellation is lost. The
+    request then runs on, past the client that left or the deadline that fired.
+    ``asyncio.timeout`` re-raises it, and the primitive's own acquire gives back what
+    it got.
+    """
+    async with asyncio.timeout(timeout):
+        await primitive.acquire()
 
 
 def monitor_of(pool: Pool) -> PoolMonitor | None:

@@ -18,9 +18,10 @@ import asyncio
 import gc
 import random
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import Select, event, func, insert, literal, select, text
 from sqlalchemy.engine import Connection
 
 from fastapi_dbpool import Database
@@ -28,7 +29,7 @@ from fastapi_dbpool.testing import assert_pool_idle
 from tests.conftest import make_settings
 from tests.pgstat import app_sessions
 from tests.pressure_app import SQLITE_SLOW_QUERY, create_app, started, until
-from users_api.models import User
+from users_api.models import User, utcnow
 
 
 @pytest.fixture
@@ -61,9 +62,13 @@ async def cancel_after(task: asyncio.Task[object], seconds: float) -> None:
 
 
 def slow_statement(database: Database) -> tuple[str, dict[str, object]]:
-    """A statement that runs for seconds on the server, without holding a lock."""
+    """A statement that runs for a minute or more, without waiting on a lock.
+
+    Longer than any wait of the tests: if it still runs when they look, it was not
+    stopped by the cancellation.
+    """
     if database.settings.backend == "postgresql":
-        return "SELECT pg_sleep(5)", {}
+        return "SELECT pg_sleep(60)", {}
     return SQLITE_SLOW_QUERY, {"n": 100_000_000}
 
 
@@ -107,6 +112,23 @@ async def test_cancelled_between_statements(db: Database) -> None:
 
     await cancel_after(asyncio.create_task(work()), 0.3)
     assert await users(db) == 0  # rolled back
+
+
+async def assert_all_cancelled_in_time(
+    tasks: list[asyncio.Task[None]], slow: Callable[[int], bool]
+) -> None:
+    """Every task ends within seconds, cancelled or done; the *slow* ones cancelled.
+
+    A slow task runs a statement longer than the test: if it completes, or the tasks
+    outlast the bound, a cancellation was lost somewhere (swallowed by a wait).
+    """
+    async with asyncio.timeout(20):
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    for n, result in enumerate(results):
+        if slow(n):
+            assert isinstance(result, asyncio.CancelledError), (n, result)
+        else:
+            assert result is None or isinstance(result, asyncio.CancelledError), (n, result)
 
 
 def cancel_on(database: Database, event_name: str) -> Callable[[asyncio.Task[object]], None]:
@@ -179,9 +201,7 @@ async def test_cancelled_at_random_points(db: Database) -> None:
         tasks.append(task)
         asyncio.get_running_loop().call_later(rng.uniform(0, 0.05), task.cancel)
         await asyncio.sleep(rng.uniform(0, 0.01))
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    for result in results:
-        assert result is None or isinstance(result, asyncio.CancelledError), repr(result)
+    await assert_all_cancelled_in_time(tasks, slow=lambda n: n % 5 == 0)
 
 
 async def test_request_timeout_mid_query_is_504_and_leaks_nothing(database_url: str) -> None:
@@ -192,3 +212,57 @@ async def test_request_timeout_mid_query_is_504_and_leaks_nothing(database_url: 
         assert response.status_code == 504
         await assert_clean(app.state.fastapi_dbpool)
         assert (await client.get("/quick")).status_code == 200
+
+
+def slow_select(database: Database) -> Select[Any]:
+    """A Core select that runs for seconds, for direct connections (which take no text())."""
+    if database.settings.backend == "postgresql":
+        return select(func.pg_sleep(60))
+    numbers = select(literal(1).label("x")).cte("c", recursive=True)
+    numbers = numbers.union_all(select(numbers.c.x + 1).where(numbers.c.x < 100_000_000))
+    return select(func.count()).select_from(numbers)
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["write", "read"])
+async def test_direct_connection_cancelled_mid_query(db: Database, read_only: bool) -> None:
+    statement = slow_select(db)
+
+    async def query() -> None:
+        async with db.connection(read_only=read_only) as conn:
+            await conn.all(statement)
+
+    await cancel_after(asyncio.create_task(query()), 0.3)
+
+
+async def test_direct_connection_cancelled_between_statements(db: Database) -> None:
+    async def work() -> None:
+        async with db.connection() as conn:
+            await conn.all(insert(User).values(name="x", email="x@x.com", created_at=utcnow()))
+            await asyncio.sleep(5)
+
+    await cancel_after(asyncio.create_task(work()), 0.3)
+    assert await users(db) == 0  # rolled back
+
+
+@pytest.mark.slow
+async def test_direct_connection_cancelled_at_random_points(db: Database) -> None:
+    rng = random.Random(20260428)
+    slow = slow_select(db)
+
+    async def work(n: int) -> None:
+        async with db.connection(read_only=n % 2 == 0) as conn:
+            if n % 2:
+                await conn.all(
+                    insert(User).values(name="r", email=f"d{n}@x.com", created_at=utcnow())
+                )
+            await conn.all(select(func.count()).select_from(User))
+            if n % 5 == 0:
+                await conn.all(slow)
+
+    tasks = []
+    for n in range(60):
+        task = asyncio.create_task(work(n))
+        tasks.append(task)
+        asyncio.get_running_loop().call_later(rng.uniform(0, 0.05), task.cancel)
+        await asyncio.sleep(rng.uniform(0, 0.01))
+    await assert_all_cancelled_in_time(tasks, slow=lambda n: n % 5 == 0)
