@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Query
-from sqlalchemy import text
+from sqlalchemy import Select, func, literal, select, text
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,6 +42,16 @@ SQLITE_SLOW_QUERY = (
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < :n) "
     "SELECT count(*) FROM c"
 )
+
+
+def slow_select(backend: str, seconds: float) -> Select[Any]:
+    """A Core select that runs about *seconds* (direct connections take no ``text()``)."""
+    if backend == "postgresql":
+        return select(func.pg_sleep(seconds))
+    numbers = select(literal(1).label("x")).cte("c", recursive=True)
+    limit = int(seconds * 4_000_000)
+    numbers = numbers.union_all(select(numbers.c.x + 1).where(numbers.c.x < limit))
+    return select(func.count()).select_from(numbers)
 
 
 def pool_stats(database: Database, *, collect: bool = False) -> dict[str, Any]:
@@ -128,6 +138,15 @@ def create_app(
         else:
             # About 4 million steps a second on a slow core; the deadline stops it sooner.
             await session.execute(text(SQLITE_SLOW_QUERY), {"n": int(seconds * 4_000_000)})
+        return {"done": True}
+
+    @app.get("/slow-direct")
+    async def slow_direct(
+        database: DatabaseDep, seconds: float = Query(1.0, ge=0), write: bool = False
+    ) -> dict[str, bool]:
+        """The same slow statement on a direct connection (read-only unless *write*)."""
+        async with database.connection(read_only=not write) as conn:
+            await conn.all(slow_select(database.settings.backend, seconds))
         return {"done": True}
 
     @app.get("/quick")

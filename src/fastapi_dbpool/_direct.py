@@ -35,6 +35,8 @@ from sqlalchemy.sql.selectable import CompoundSelect, Select, TextualSelect
 from sqlalchemy.util import LRUCache, greenlet_spawn
 
 from ._cleanup import run_to_completion
+from ._postgres import local_statement_timeout
+from ._sqlite_interrupt import arm_deadline
 from .errors import WriteInReadSession
 
 if TYPE_CHECKING:
@@ -163,6 +165,7 @@ class DirectConnection:
     """
 
     __slots__ = (
+        "_begin_sql",
         "_broken",
         "_cache",
         "_database",
@@ -182,6 +185,15 @@ class DirectConnection:
         self._driver: Any = None
         self._in_transaction = False
         self._broken: BaseException | None = None
+        # PostgreSQL: what opens a transaction, None for reads that need none. Behind
+        # PgBouncer the statement deadline is SET LOCAL in each transaction (see
+        # _postgres.py), so reads then run in one too: BEGIN and SET LOCAL go in a
+        # single simple-query round trip, the ROLLBACK in another.
+        local = local_statement_timeout(database.settings)
+        if read_only:
+            self._begin_sql = f"BEGIN READ ONLY; {local}" if local else None
+        else:
+            self._begin_sql = f"BEGIN; {local}" if local else "BEGIN"
 
     @property
     def read_only(self) -> bool:
@@ -216,7 +228,7 @@ class DirectConnection:
         if first:
             await self._checkout()
         try:
-            if not self._read_only and not self._in_transaction:
+            if not self._in_transaction and self._needs_transaction:
                 await self._begin()
             return plan.rows(await self._run(plan.sql, args))
         except Exception as error:
@@ -231,9 +243,16 @@ class DirectConnection:
                 # was done on it yet, so do it once on a fresh one, as pre-ping would.
                 await self._release(invalidate=translated)
                 await self._checkout()
-                if not self._read_only:
+                if self._needs_transaction:
                     await self._begin()
                 return plan.rows(await self._run(plan.sql, args))
+            if self._database.settings.pgbouncer and _refused_before_sync(error):
+                # asyncpg sends Parse/Describe with a Flush, and refused the arguments
+                # before the Bind and its Sync: the server is left mid-query. Directly
+                # that is harmless (the next Sync ends it), but PgBouncer keeps its server
+                # connection tied to this client until then; a few such idle clients
+                # and every other request waits for a server connection. Drop it.
+                self._broken = translated
             raise translated from error
         except BaseException as error:
             # Cancelled mid-statement (the client went away, a request timeout): the
@@ -247,7 +266,16 @@ class DirectConnection:
 
     async def _run(self, sql: str, args: list[Any]) -> Any:
         if self._sqlite:
-            return await self._driver.execute_fetchall(sql, args)
+            timeout_ms = self._database.settings.statement_timeout_ms
+            if not timeout_ms:
+                return await self._driver.execute_fetchall(sql, args)
+            # The connection's progress handler enforces it (see _sqlite_interrupt.py).
+            assert self._fairy is not None
+            arm_deadline(self._fairy.info, timeout_ms / 1000)
+            try:
+                return await self._driver.execute_fetchall(sql, args)
+            finally:
+                arm_deadline(self._fairy.info, None)
         return await self._driver.fetch(sql, *args)
 
     async def _begin(self) -> None:
@@ -259,8 +287,12 @@ class DirectConnection:
                 await greenlet_spawn(gate.acquire, record)
             await self._driver.execute("BEGIN IMMEDIATE")
         else:
-            await self._driver.execute("BEGIN")
+            await self._driver.execute(self._begin_sql or "BEGIN")
         self._in_transaction = True
+
+    @property
+    def _needs_transaction(self) -> bool:
+        return not self._read_only or (not self._sqlite and self._begin_sql is not None)
 
     # -- connection ---------------------------------------------------------------------
 
@@ -347,6 +379,17 @@ class DirectConnection:
         if invalidated:
             self._broken = wrapped  # invalidated when the connection is released
         return wrapped
+
+
+def _refused_before_sync(error: BaseException) -> bool:
+    """True for an error asyncpg raised itself (an argument it cannot encode).
+
+    The server's errors carry a severity; asyncpg's own ``DataError`` for a bad
+    argument has none.
+    """
+    return (
+        not isinstance(error, sa_exc.SQLAlchemyError) and getattr(error, "severity", None) is None
+    )
 
 
 async def close_direct(connection: DirectConnection, *, commit: bool) -> None:

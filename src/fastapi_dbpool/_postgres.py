@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .settings import DatabaseSettings
 
-__all__ = ["connect_args", "install_statement_timeout"]
+__all__ = ["connect_args", "install_statement_timeout", "local_statement_timeout"]
 
 
 def _unique_statement_name() -> str:
@@ -53,11 +53,18 @@ def connect_args(settings: DatabaseSettings, application_name: str) -> dict[str,
     return args
 
 
+def local_statement_timeout(settings: DatabaseSettings) -> str | None:
+    """The ``SET LOCAL`` each transaction must run, or None when the connection has it."""
+    if not (settings.pgbouncer and settings.statement_timeout_ms):
+        return None
+    return f"SET LOCAL statement_timeout = {int(settings.statement_timeout_ms)}"
+
+
 def install_statement_timeout(engine: Engine, settings: DatabaseSettings) -> None:
     """Behind PgBouncer, ``SET LOCAL statement_timeout`` as each transaction begins."""
-    if not (settings.pgbouncer and settings.statement_timeout_ms):
+    statement = local_statement_timeout(settings)
+    if statement is None:
         return
-    statement = f"SET LOCAL statement_timeout = {int(settings.statement_timeout_ms)}"
 
     @event.listens_for(engine, "begin")
     def _set_timeout(conn: Connection) -> None:

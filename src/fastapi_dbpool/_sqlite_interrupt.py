@@ -30,7 +30,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_
 
-__all__ = ["PROGRESS_STEPS", "StatementGuard", "install_statement_guard"]
+__all__ = [
+    "PROGRESS_STEPS",
+    "StatementGuard",
+    "abandon",
+    "arm_deadline",
+    "install_statement_guard",
+]
 
 # SQLite calls the guard every this many virtual-machine steps: about every 0.1 ms
 # of work, often enough for a prompt stop, rare enough to cost under 1 % of it.
@@ -72,19 +78,26 @@ def install_statement_guard(engine: Engine, statement_timeout_ms: int) -> None:
 
         @event.listens_for(engine, "before_cursor_execute")
         def _start(conn: Connection, *args: Any) -> None:
-            guard = conn.info.get(_GUARD)
-            if guard is not None:
-                guard.deadline = time.monotonic() + timeout
+            arm_deadline(conn.info, timeout)
 
         @event.listens_for(engine, "after_cursor_execute")
         def _end(conn: Connection, *args: Any) -> None:
-            guard = conn.info.get(_GUARD)
-            if guard is not None:
-                guard.deadline = None
+            arm_deadline(conn.info, None)
 
     @event.listens_for(engine, "invalidate")
     def _on_invalidate(dbapi_connection: Any, record: ConnectionPoolEntry, error: Any) -> None:
         abandon(record)
+
+
+def arm_deadline(info: dict[Any, Any], timeout: float | None) -> None:
+    """Give the statement about to run on the connection of *info* *timeout* seconds.
+
+    *info* is the pool entry's ``info`` dict; None clears the deadline. Statements
+    sent past SQLAlchemy's execution (direct connections) call this themselves.
+    """
+    guard = info.get(_GUARD)
+    if guard is not None:
+        guard.deadline = None if timeout is None else time.monotonic() + timeout
 
 
 def abandon(record: ConnectionPoolEntry) -> None:

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Select, event, func, insert, literal, select, text
+from sqlalchemy import Select, event, func, insert, select, text
 from sqlalchemy.engine import Connection
 
 from fastapi_dbpool import Database
@@ -29,6 +29,7 @@ from fastapi_dbpool.testing import assert_pool_idle
 from tests.conftest import make_settings
 from tests.pgstat import app_sessions
 from tests.pressure_app import SQLITE_SLOW_QUERY, create_app, started, until
+from tests.pressure_app import slow_select as pressure_slow_select
 from users_api.models import User, utcnow
 
 
@@ -215,12 +216,10 @@ async def test_request_timeout_mid_query_is_504_and_leaks_nothing(database_url: 
 
 
 def slow_select(database: Database) -> Select[Any]:
-    """A Core select that runs for seconds, for direct connections (which take no text())."""
-    if database.settings.backend == "postgresql":
-        return select(func.pg_sleep(60))
-    numbers = select(literal(1).label("x")).cte("c", recursive=True)
-    numbers = numbers.union_all(select(numbers.c.x + 1).where(numbers.c.x < 100_000_000))
-    return select(func.count()).select_from(numbers)
+    """A Core select longer than any wait of the tests, for direct connections."""
+    return pressure_slow_select(
+        database.settings.backend, 60 if database.settings.backend == "postgresql" else 25
+    )
 
 
 @pytest.mark.parametrize("read_only", [False, True], ids=["write", "read"])
