@@ -32,6 +32,7 @@ from fastapi_dbpool import (
     DatabaseSettings,
     ReadSessionDep,
     SessionDep,
+    SyncSessionDep,
     health_router,
 )
 from fastapi_dbpool.testing import assert_pool_idle
@@ -147,6 +148,15 @@ def create_app(
         """The same slow statement on a direct connection (read-only unless *write*)."""
         async with database.connection(read_only=not write) as conn:
             await conn.all(slow_select(database.settings.backend, seconds))
+        return {"done": True}
+
+    @app.get("/slow-sync")
+    def slow_sync(session: SyncSessionDep, seconds: float = Query(1.0, ge=0)) -> dict[str, bool]:
+        """The slow statement in a ``def`` endpoint, on a sync session."""
+        if database.settings.backend == "postgresql":
+            session.execute(text("SELECT pg_sleep(:s)"), {"s": seconds})
+        else:
+            session.execute(text(SQLITE_SLOW_QUERY), {"n": int(seconds * 4_000_000)})
         return {"done": True}
 
     @app.get("/quick")

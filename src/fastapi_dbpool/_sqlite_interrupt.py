@@ -20,6 +20,7 @@ connection's thread). It aborts the running statement, with ``sqlite3``'s
 
 from __future__ import annotations
 
+import inspect
 import sqlite3
 import time
 from contextlib import suppress
@@ -64,7 +65,10 @@ class StatementGuard:
 
 
 def install_statement_guard(engine: Engine, statement_timeout_ms: int) -> None:
-    """Give each of *engine*'s SQLite connections a guard; a deadline if the timeout is set."""
+    """Give each of *engine*'s SQLite connections a guard; a deadline if the timeout is set.
+
+    For the async engine (aiosqlite) and the sync one (sqlite3) alike.
+    """
     timeout = statement_timeout_ms / 1000
 
     @event.listens_for(engine, "connect")
@@ -72,7 +76,7 @@ def install_statement_guard(engine: Engine, statement_timeout_ms: int) -> None:
         guard = record.info[_GUARD] = StatementGuard()
         driver = record.driver_connection
         assert driver is not None  # set before the connect event fires
-        await_(driver.set_progress_handler(guard, PROGRESS_STEPS))
+        _complete(driver.set_progress_handler(guard, PROGRESS_STEPS))
 
     if timeout > 0:
 
@@ -122,4 +126,11 @@ def abandon(record: ConnectionPoolEntry) -> None:
     # Already closed or broken, or invalidated from outside the event loop (garbage
     # collection): then the close that follows is all that can be done.
     with suppress(ValueError, sqlite3.Error, exc.MissingGreenlet):
-        await_(driver.rollback())
+        _complete(driver.rollback())
+
+
+def _complete(result: Any) -> None:
+    # aiosqlite's methods return coroutines (awaited in SQLAlchemy's greenlet);
+    # sqlite3's, used by the sync engine, have already run.
+    if inspect.isawaitable(result):
+        await_(result)

@@ -19,7 +19,9 @@ from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util.queue import Queue
 
 from ._pool import MonitoredPool
+from ._postgres import install_statement_timeout
 from ._sqlite import WriteGate, configure_sqlite
+from ._sqlite_interrupt import install_statement_guard
 from .errors import PoolTimeout
 from .settings import DatabaseSettings
 
@@ -38,6 +40,9 @@ def create_sync_engine(
         assert write_gate is not None, "the async engine creates the gate when it starts"
         gate = _LoopWriteGate(write_gate, loop)
         configure_sqlite(engine, gate, settings.sqlite_busy_timeout_ms)
+        install_statement_guard(engine, settings.statement_timeout_ms)
+    else:
+        install_statement_timeout(engine, settings)
     return engine
 
 
@@ -109,7 +114,12 @@ def _engine_options(settings: DatabaseSettings, name: str) -> dict[str, Any]:
             "connect_timeout": max(1, math.ceil(settings.connect_timeout)),
             "application_name": f"fastapi_dbpool:{name}",
         }
-        if settings.statement_timeout_ms:
+        if settings.pgbouncer:
+            # Behind PgBouncer in transaction mode: no server-side prepared statements
+            # (psycopg names them per connection), and the deadline is SET LOCAL in
+            # each transaction, a startup parameter being refused (see _postgres.py).
+            connect_args["prepare_threshold"] = None
+        elif settings.statement_timeout_ms:
             connect_args["options"] = f"-c statement_timeout={settings.statement_timeout_ms}"
     return {
         "poolclass": MonitoredSyncPool,

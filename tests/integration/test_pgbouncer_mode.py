@@ -47,7 +47,7 @@ async def test_statement_timeout_behind_pgbouncer(
     app = create_app(settings)
     async with started(app) as client:
         await assert_deadline_enforced(client, path)
-        await assert_same_connection_serves(client, app)
+        await assert_same_connection_serves(client, app, path)
 
 
 @pytest.mark.postgres_only
@@ -150,3 +150,25 @@ async def test_direct_connection_refused_argument_does_not_stall_pgbouncer(
         async with asyncio.timeout(10):
             assert await asyncio.gather(*(fine(n) for n in range(20))) == list(range(20))
         assert time.perf_counter() - started_at < 5
+
+
+@pytest.mark.postgres_only
+async def test_many_sync_requests_through_pgbouncer(
+    database_url: str, pgbouncer: PgBouncer, backend: str
+) -> None:
+    """Sync sessions (psycopg 3) prepare nothing on the server behind PgBouncer.
+
+    psycopg prepares a statement once it has run five times on a connection, under a
+    name unique to that connection only.
+    """
+    settings = make_settings(
+        pgbouncer.url_for(database_url), pool_size=6, statement_timeout_ms=5000, pgbouncer=True
+    )
+    app = create_app(settings)
+    async with started(app) as client:
+
+        async def worker() -> list[int]:
+            return [(await client.get("/slow-sync?seconds=0")).status_code for _ in range(25)]
+
+        statuses = await asyncio.gather(*(worker() for _ in range(8)))
+    assert [s for each in statuses for s in each] == [200] * 200

@@ -14,6 +14,7 @@ import time
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from tests.conftest import make_settings
 from tests.pressure_app import create_app, started
@@ -21,8 +22,8 @@ from tests.pressure_app import create_app, started
 DEADLINE_MS = 300
 
 
-# The slow statement through a session, and through direct connections.
-SLOW_PATHS = ["/slow", "/slow-direct?write=false", "/slow-direct?write=true"]
+# The slow statement through a session, direct connections, and a sync session.
+SLOW_PATHS = ["/slow", "/slow-direct?write=false", "/slow-direct?write=true", "/slow-sync"]
 
 
 async def assert_deadline_enforced(client: httpx.AsyncClient, path: str = "/slow") -> None:
@@ -37,11 +38,15 @@ async def assert_deadline_enforced(client: httpx.AsyncClient, path: str = "/slow
     assert DEADLINE_MS / 1000 - 0.05 <= elapsed < 2.5, elapsed
 
 
-async def assert_same_connection_serves(client: httpx.AsyncClient, app: object) -> None:
+async def assert_same_connection_serves(
+    client: httpx.AsyncClient, app: FastAPI, path: str = "/slow"
+) -> None:
     """The next request succeeds on the connection that timed out: nothing replaced."""
-    response = await client.get("/quick")
+    response = await client.get(path, params={"seconds": 0})
     assert response.status_code == 200, response.text
-    snapshot = app.state.fastapi_dbpool.pool_snapshot()  # type: ignore[attr-defined]
+    database = app.state.fastapi_dbpool
+    pool = database.sync if path.startswith("/slow-sync") else database
+    snapshot = pool.pool_snapshot()
     assert snapshot.invalidations_total == 0
     assert snapshot.connects_total == 1
 
@@ -57,6 +62,6 @@ async def test_statement_timeout_is_503_and_connection_reusable(
     app = create_app(settings)
     async with started(app) as client:
         await assert_deadline_enforced(client, path)
-        await assert_same_connection_serves(client, app)
+        await assert_same_connection_serves(client, app, path)
         # A statement within the deadline is not affected.
         assert (await client.get("/slow?seconds=0.01")).status_code == 200
