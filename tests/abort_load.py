@@ -94,7 +94,8 @@ class Mix:
         return Request("POST", "/items", {"title": f"Item {self.serial}", "owner_id": user})
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response (with Content-Length) from *reader*; return its status."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
@@ -152,7 +153,7 @@ async def _worker(
         try:
             writer.write(data)
             await writer.drain()
-            status = await asyncio.wait_for(_read_response(reader), timeout)
+            status = await asyncio.wait_for(read_response(reader), timeout)
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as error:
             report.failures.append(f"{request.method} {request.path}: {type(error).__name__}")
             writer.transport.abort()
