@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from ._cleanup import run_to_completion, wait_for_pending_cleanups
@@ -218,7 +219,9 @@ class Database:
         try:
             async with opened as handle:
                 yield handle
-        except ConnectFailed:
+        except (ConnectFailed, DBAPIError) as error:
+            if isinstance(error, DBAPIError) and not error.connection_invalidated:
+                raise  # a query's own error, not the replica going away
             # This request fails (503): its reads may already have happened. The next
             # ones go to the primary until the retry delay has passed.
             self._replica_down_until = time.monotonic() + self.settings.replica_retry_s
