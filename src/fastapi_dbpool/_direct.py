@@ -235,6 +235,15 @@ class DirectConnection:
                     await self._begin()
                 return plan.rows(await self._run(plan.sql, args))
             raise translated from error
+        except BaseException as error:
+            # Cancelled mid-statement (the client went away, a request timeout): the
+            # driver may still be running it, in asyncpg's protocol or aiosqlite's
+            # thread. The connection is thrown away when released, without a ROLLBACK
+            # that would queue behind the statement; SQLAlchemy's own Connection treats
+            # a cancellation the same way. On SQLite the invalidation stops the statement
+            # and releases the write lock (see _sqlite_interrupt.py).
+            self._broken = error
+            raise
 
     async def _run(self, sql: str, args: list[Any]) -> Any:
         if self._sqlite:
@@ -285,7 +294,7 @@ class DirectConnection:
         """
         if self._fairy is None:
             return
-        if not self._in_transaction:
+        if not self._in_transaction or self._broken is not None:
             await self._release()
             return
         try:
@@ -344,7 +353,7 @@ async def close_direct(connection: DirectConnection, *, commit: bool) -> None:
     """Close *connection*, shielded from the caller's cancellation when there is work."""
     if connection._fairy is None:
         return
-    if not connection._in_transaction and not connection._sqlite:
+    if not connection._in_transaction and not connection._sqlite and connection._broken is None:
         # Checkin of a connection without a transaction never awaits on PostgreSQL,
         # so it cannot be interrupted half-way; skip the cost of a task.
         await connection.close(commit=False)

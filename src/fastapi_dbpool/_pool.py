@@ -17,12 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event, exc
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool
+from sqlalchemy.pool import (
+    AsyncAdaptedQueuePool,
+    ConnectionPoolEntry,
+    Pool,
+    PoolProxiedConnection,
+)
 from sqlalchemy.util import await_
 
 from .errors import ConnectFailed, PoolTimeout, TooManyWaiting
 
-__all__ = ["MonitoredPool", "PoolMonitor", "PoolSnapshot"]
+__all__ = ["MonitoredPool", "PoolMonitor", "PoolSnapshot", "acquire_within"]
 
 # A callback that receives one duration in seconds (checkout wait or hold time).
 DurationObserver = Callable[[float], None]
@@ -237,7 +242,7 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         monitor.waiting += 1
         started = time.perf_counter()
         try:
-            await_(asyncio.wait_for(permits.acquire(), self._timeout))
+            await_(acquire_within(permits, self._timeout))
         except TimeoutError:
             monitor.timeouts_total += 1
             raise self._timeout_error() from None
@@ -267,7 +272,7 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         monitor = self.monitor
         if self.checkedout() < self.size() + self.max_overflow:
             started = time.perf_counter()
-            entry = self._get_or_connect()
+            entry = super()._do_get()
             monitor._waited(time.perf_counter() - started)
             return entry
         if monitor.max_waiting and monitor.waiting >= monitor.max_waiting:
@@ -276,7 +281,7 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         monitor.waiting += 1
         started = time.perf_counter()
         try:
-            entry = self._get_or_connect()
+            entry = super()._do_get()
         except exc.TimeoutError:
             monitor.timeouts_total += 1
             raise self._timeout_error() from None
@@ -307,16 +312,49 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         )
 
     def _get_or_connect(self) -> ConnectionPoolEntry:
+        # Connection errors become ConnectFailed in connect(), around the whole checkout.
+        return super()._do_get()
+
+    def connect(self) -> PoolProxiedConnection:
+        """Check a connection out; raise ConnectFailed when no connection can be opened.
+
+        Wrapped here, around the whole checkout, and not only in ``_do_get``: when a
+        pooled connection fails its pre-ping, SQLAlchemy reconnects inside the checkout,
+        and a refused reconnect would otherwise escape as a bare ``OSError`` (a 500).
+        """
         try:
-            return super()._do_get()
-        except (OSError, TimeoutError) as error:
-            # The driver could not reach the server (refused, unreachable, or slower
-            # than DB_CONNECT_TIMEOUT). Its message can name the host: keep it in the
-            # chain for the logs, out of the message that may reach a client.
+            return super().connect()
+        except self._connect_errors() as error:
+            # The driver could not reach the server (refused, unreachable, slower than
+            # DB_CONNECT_TIMEOUT), or the server (or a PgBouncer) refused the session.
+            # Its message can name the host or user: keep it in the chain for the
+            # logs, out of the message that may reach a client.
             raise ConnectFailed(
                 f"could not connect to the database ({type(error).__name__}); "
                 "check DATABASE_URL and that the server is up, or raise DB_CONNECT_TIMEOUT"
             ) from error
+
+    def _connect_errors(self) -> tuple[type[BaseException], ...]:
+        # Network errors, and the driver's own errors raised while opening a session
+        # (authentication, a refused startup parameter, too many clients).
+        dbapi = getattr(self._dialect, "loaded_dbapi", None)
+        driver_error = getattr(dbapi, "Error", None)
+        if isinstance(driver_error, type) and issubclass(driver_error, BaseException):
+            return (OSError, TimeoutError, driver_error)
+        return (OSError, TimeoutError)
+
+
+async def acquire_within(primitive: asyncio.Semaphore | asyncio.Lock, timeout: float) -> None:
+    """Acquire *primitive*, raising TimeoutError after *timeout* seconds.
+
+    Not ``asyncio.wait_for``: on Python 3.11, when the caller is cancelled just as the
+    acquire completes, wait_for returns normally and the cancellation is lost. The
+    request then runs on, past the client that left or the deadline that fired.
+    ``asyncio.timeout`` re-raises it, and the primitive's own acquire gives back what
+    it got.
+    """
+    async with asyncio.timeout(timeout):
+        await primitive.acquire()
 
 
 def monitor_of(pool: Pool) -> PoolMonitor | None:

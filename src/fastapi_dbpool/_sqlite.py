@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import await_
 
+from ._pool import acquire_within
 from .errors import PoolTimeout
 
 __all__ = ["READ_ONLY_OPTION", "WriteGate", "configure_sqlite"]
@@ -61,7 +62,7 @@ class WriteGate:
             return  # a second transaction on a connection that still holds it
         started = time.perf_counter()
         try:
-            await_(asyncio.wait_for(self._lock.acquire(), self.timeout))
+            await_(acquire_within(self._lock, self.timeout))  # not wait_for: see there
         except TimeoutError:
             raise PoolTimeout(
                 f"database busy: another transaction held SQLite's write lock for more "

@@ -23,7 +23,10 @@ from ._cleanup import run_to_completion, wait_for_pending_cleanups
 from ._direct import DirectConnection, StatementCache, close_direct
 from ._ping import install_idle_ping
 from ._pool import MonitoredPool, PoolMonitor, PoolSnapshot
+from ._postgres import connect_args as postgres_connect_args
+from ._postgres import install_statement_timeout
 from ._sqlite import READ_ONLY_OPTION, WriteGate, configure_sqlite
+from ._sqlite_interrupt import install_statement_guard
 from ._startup_check import cancel_budget_check, schedule_budget_check
 from .errors import ConnectFailed, DatabaseNotStarted
 from .leaks import watch_for_leaks
@@ -119,6 +122,9 @@ class Database:
         if settings.backend == "sqlite":
             self.write_gate = WriteGate(timeout=settings.pool_timeout)
             configure_sqlite(engine.sync_engine, self.write_gate, settings.sqlite_busy_timeout_ms)
+            install_statement_guard(engine.sync_engine, settings.statement_timeout_ms)
+        else:
+            install_statement_timeout(engine.sync_engine, settings)
         self._engine = engine
         self._loop = asyncio.get_running_loop()
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -345,10 +351,7 @@ class Database:
         if settings.backend == "sqlite":
             # sqlite3's own wait for another process's lock, in seconds.
             return {"timeout": settings.sqlite_busy_timeout_ms / 1000}
-        server_settings = {"application_name": f"fastapi_dbpool:{self.name}"}
-        if settings.statement_timeout_ms:
-            server_settings["statement_timeout"] = str(settings.statement_timeout_ms)
-        return {"timeout": settings.connect_timeout, "server_settings": server_settings}
+        return postgres_connect_args(settings, application_name=f"fastapi_dbpool:{self.name}")
 
     def _engine_options(self) -> dict[str, Any]:
         settings = self.settings

@@ -95,6 +95,11 @@ async def _handle(request: Request, error: Exception) -> JSONResponse:
 
 def _describe(error: BaseException) -> str:
     # Our own errors carry safe, actionable messages; a driver's may carry secrets.
+    if _is_query_canceled(error):
+        return (
+            "statement cancelled: it ran past DB_STATEMENT_TIMEOUT_MS (or was cancelled "
+            "by an administrator); make it faster or raise the timeout"
+        )
     if isinstance(error, DatabaseUnavailable | sa_exc.TimeoutError) and not isinstance(
         error, sa_exc.DBAPIError
     ):

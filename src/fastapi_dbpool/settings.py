@@ -220,6 +220,14 @@ class DatabaseSettings(BaseSettings):
         validation_alias=_env("DB_REPLICA_RETRY_S", "replica_retry_s"),
         description="After the replica fails to connect, send reads to the primary this long.",
     )
+    pgbouncer: bool = Field(
+        default=False,
+        validation_alias=_env("DB_PGBOUNCER", "pgbouncer"),
+        description=(
+            "PostgreSQL is reached through PgBouncer in transaction mode: no prepared "
+            "statement cache, statement_timeout by SET LOCAL in each transaction."
+        ),
+    )
 
     @field_validator("url", "replica_url", mode="before")
     @classmethod

@@ -1,0 +1,136 @@
+"""Pool exhaustion is answered 503 within DB_POOL_TIMEOUT, and DB_MAX_WAITING sheds at once.
+
+The app under test is tests.pressure_app: ``GET /hold`` takes a pooled connection and
+keeps it. With ``pool_size=2, max_overflow=0`` two requests hold the pool; the rest
+must be answered ``503`` with ``Retry-After`` after ``DB_POOL_TIMEOUT`` (plus at most
+``MARGIN_S``, the margin stated in docs/pool-under-pressure.md), never 500, never later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import make_settings
+from tests.pressure_app import create_app, started, until
+from tests.servers import uvicorn_server
+
+# The margin past DB_POOL_TIMEOUT within which a waiting request is answered; the
+# same figure is stated in docs/pool-under-pressure.md.
+MARGIN_S = 0.5
+
+pytestmark = pytest.mark.timing
+
+
+async def _timed(client: httpx.AsyncClient, method: str, url: str) -> tuple[httpx.Response, float]:
+    started_at = time.perf_counter()
+    response = await client.request(method, url)
+    return response, time.perf_counter() - started_at
+
+
+def assert_busy_answer(response: httpx.Response) -> None:
+    """A 503 that tells the client the database is busy and when to retry."""
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["retry-after"]) >= 1
+    body = response.json()
+    assert body["reason"] == "pool_exhausted"
+    assert "database is busy" in body["detail"]
+
+
+async def test_exhaustion_is_503_within_pool_timeout(database_url: str) -> None:
+    timeout = 1.0
+    settings = make_settings(database_url, pool_size=2, max_overflow=0, pool_timeout=timeout)
+    app = create_app(settings)
+    async with started(app) as client:
+        results = await asyncio.gather(
+            *(_timed(client, "GET", "/hold?seconds=2.5") for _ in range(8))
+        )
+        snapshot = app.state.fastapi_dbpool.pool_snapshot()
+    statuses = sorted(response.status_code for response, _ in results)
+    assert statuses == [200] * 2 + [503] * 6
+    for response, elapsed in results:
+        if response.status_code == 503:
+            assert_busy_answer(response)
+            assert timeout - 0.05 <= elapsed <= timeout + MARGIN_S, elapsed
+    assert snapshot.timeouts_total == 6
+    assert snapshot.waiting == 0
+
+
+async def test_max_waiting_sheds_at_once(database_url: str) -> None:
+    timeout = 2.0
+    settings = make_settings(
+        database_url, pool_size=2, max_overflow=0, pool_timeout=timeout, max_waiting=2
+    )
+    app = create_app(settings)
+    async with started(app) as client:
+        holders = [asyncio.create_task(_timed(client, "GET", "/hold?seconds=3")) for _ in range(2)]
+        await until(lambda: app.state.fastapi_dbpool.pool_snapshot().checked_out == 2)
+        waiters = [asyncio.create_task(_timed(client, "GET", "/hold?seconds=0")) for _ in range(2)]
+        await until(lambda: app.state.fastapi_dbpool.pool_snapshot().waiting == 2)
+        shed = await asyncio.gather(*(_timed(client, "GET", "/hold?seconds=0") for _ in range(6)))
+        waited = await asyncio.gather(*waiters)
+        held = await asyncio.gather(*holders)
+    assert [r.status_code for r, _ in held] == [200, 200]
+    for response, elapsed in shed:
+        assert_busy_answer(response)
+        # At once: well before the pool timeout the waiters are bound by.
+        assert elapsed < timeout / 4, elapsed
+    for response, elapsed in waited:
+        assert_busy_answer(response)
+        assert timeout - 0.05 <= elapsed <= timeout + MARGIN_S, elapsed
+
+
+async def test_write_gate_wait_is_503_not_500(database_url: str, backend: str) -> None:
+    """SQLite serialises writers behind the write gate; waiting on it also ends in 503.
+
+    On PostgreSQL write transactions do not wait for each other: all succeed.
+    """
+    timeout = 1.0
+    settings = make_settings(database_url, pool_size=5, max_overflow=0, pool_timeout=timeout)
+    app = create_app(settings)
+    async with started(app) as client:
+        results = await asyncio.gather(
+            *(_timed(client, "POST", "/hold-write?seconds=2") for _ in range(4))
+        )
+    statuses = sorted(response.status_code for response, _ in results)
+    if backend == "postgres":
+        assert statuses == [200] * 4
+        return
+    assert statuses == [200] + [503] * 3
+    for response, elapsed in results:
+        if response.status_code == 503:
+            assert_busy_answer(response)
+            assert timeout - 0.05 <= elapsed <= timeout + MARGIN_S, elapsed
+
+
+@pytest.mark.slow
+async def test_exhaustion_over_http(database_url: str) -> None:
+    """The same answers through a real uvicorn process and real sockets."""
+    timeout = 1.0
+    env = {
+        "DATABASE_URL": database_url,
+        "DB_POOL_SIZE": "2",
+        "DB_MAX_OVERFLOW": "0",
+        "DB_POOL_TIMEOUT": str(timeout),
+    }
+    with uvicorn_server("tests.pressure_app:from_env", env) as server:
+        limits = httpx.Limits(max_connections=20)
+        async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=10) as client:
+            results = await asyncio.gather(
+                *(_timed(client, "GET", "/hold?seconds=2.5") for _ in range(8))
+            )
+            pool = (await client.get("/_pool", params={"gc": "true"})).json()
+        log = server.log()
+    statuses = sorted(response.status_code for response, _ in results)
+    assert statuses == [200] * 2 + [503] * 6
+    for response, elapsed in results:
+        if response.status_code == 503:
+            assert_busy_answer(response)
+            assert timeout - 0.05 <= elapsed <= timeout + MARGIN_S, elapsed
+    assert pool["checked_out"] == 0
+    assert pool["timeouts_total"] == 6
+    assert "Traceback" not in log and "non-checked-in" not in log, log
