@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -224,7 +225,9 @@ class Database:
         try:
             async with opened as handle:
                 yield handle
-        except ConnectFailed:
+        except (ConnectFailed, DBAPIError) as error:
+            if isinstance(error, DBAPIError) and not error.connection_invalidated:
+                raise  # a query's own error, not the replica going away
             # This request fails (503): its reads may already have happened. The next
             # ones go to the primary until the retry delay has passed.
             self._replica_down_until = time.monotonic() + self.settings.replica_retry_s

@@ -1,4 +1,4 @@
-"""A canary password in DATABASE_URL appears in no response, metric, page or log line.
+"""A canary password in DATABASE_URL appears in no response, metric, page, log line or CLI output.
 
 PostgreSQL only: a SQLite URL has no password. The test server trusts local
 connections, so the canary is accepted and ignored by the server, and the app runs
@@ -7,6 +7,7 @@ normally with it in its settings.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -83,6 +84,22 @@ async def exercise(url: str, *, database_up: bool) -> list[httpx.Response]:
     return responses
 
 
+def run_cli(url: str) -> str:
+    """``dbpool doctor`` (table and JSON) on *url*; their combined output."""
+    from typer.testing import CliRunner
+
+    from fastapi_dbpool.cli import app as cli
+
+    outputs = []
+    for args in (["doctor"], ["doctor", "--json"]):
+        result = CliRunner().invoke(
+            cli, args, env={"DATABASE_URL": url, "DB_CONNECT_TIMEOUT": "2", "COLUMNS": "200"}
+        )
+        assert result.exit_code in (0, 1, 2), result.output
+        outputs.append(result.output)
+    return "\n".join(outputs)
+
+
 def assert_no_canary(responses: list[httpx.Response], logs: str) -> None:
     for response in responses:
         where = f"{response.request.method} {response.request.url.path}"
@@ -97,12 +114,19 @@ async def test_canary_with_the_database_up(
 ) -> None:
     url = make_url(database_url).set(password=CANARY).render_as_string(hide_password=False)
     responses = await exercise(url, database_up=True)
+    cli_output = await asyncio.to_thread(run_cli, url)  # the CLI runs its own loop
+    assert "PostgreSQL" in cli_output  # doctor really talked to the server
+    assert CANARY not in cli_output
     assert_no_canary(responses, every_log_line.getvalue())
 
 
 async def test_canary_with_the_database_down(backend: str, every_log_line: io.StringIO) -> None:
     url = f"postgresql://app:{CANARY}@127.0.0.1:{free_port()}/app"
     responses = await exercise(url, database_up=False)
+    cli_output = await asyncio.to_thread(
+        run_cli, url
+    )  # unreachable: doctor reports the error, not the URL's secret
+    assert CANARY not in cli_output
     logs = every_log_line.getvalue()
     assert "probe_failed" in logs and "db_error" in logs
     assert_no_canary(responses, logs)
