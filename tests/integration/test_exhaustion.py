@@ -117,9 +117,9 @@ async def test_exhaustion_over_http(database_url: str) -> None:
         "DB_MAX_OVERFLOW": "0",
         "DB_POOL_TIMEOUT": str(timeout),
     }
-    with uvicorn_server("tests.pressure_app:from_env", env) as server:
+    with uvicorn_server("tests.pressure_app:from_env", env, factory=True) as server:
         limits = httpx.Limits(max_connections=20)
-        async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=10) as client:
             results = await asyncio.gather(
                 *(_timed(client, "GET", "/hold?seconds=2.5") for _ in range(8))
             )
