@@ -157,4 +157,4 @@ def test_dashboard_shows_the_pool_moving_under_load(
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         if SCREENSHOT_COPY:
             shutil.copyfile(shot, SCREENSHOT_COPY)
-        assert "Traceback" not in server.output()
+        assert "Traceback" not in server.log()
