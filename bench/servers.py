@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.servers import free_port
 
 from .system import APP_CPU, pinned
 
@@ -44,12 +45,6 @@ APPS = {
         AppSpec("nodb", "bench.apps.nodb:app", "no database", uses_database=False),
     )
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _raise_fd_limit() -> None:

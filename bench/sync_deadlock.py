@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.apps.harness import run_wrk, uvicorn_server, wrk_path
 from tests.apps.sync_load import SHAPES
 from tests.backends import migrate, postgres_database
 from tests.seed import seed_user_with_items
+from tests.servers import uvicorn_server
+from tests.wrk import run_wrk, wrk_path
 
 
 @contextmanager
@@ -53,11 +54,17 @@ def main() -> None:
         for shape in args.shapes:
             log = Path(tempfile.gettempdir()) / f"sync_deadlock_{shape}.log"
             with uvicorn_server(
-                "tests.apps.sync_load:create_app", {**env, "SYNC_LOAD_SHAPE": shape}, log
-            ) as base:
+                "tests.apps.sync_load:create_app",
+                {**env, "SYNC_LOAD_SHAPE": shape},
+                factory=True,
+                access_log=False,
+                log_path=log,
+            ) as server:
                 for clients in args.clients:
                     result = run_wrk(
-                        f"{base}/users/{user_id}/items", clients=clients, seconds=args.seconds
+                        f"{server.url}/users/{user_id}/items",
+                        clients=clients,
+                        seconds=args.seconds,
                     )
                     print(f"{shape:<18} {result.summary()}", flush=True)
 

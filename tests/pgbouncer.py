@@ -1,18 +1,23 @@
-"""A PgBouncer of the tests' own, in transaction pooling mode, in front of a PostgreSQL.
+"""A PgBouncer of the tests' own on a free port, in front of the tests' PostgreSQL.
 
 Transaction pooling is what makes PgBouncer hard for drivers: each transaction may run
 on a different server connection, so session state does not follow the client
 (prepared statements, ``SET``), and startup parameters other than a handful are
-refused. The fixture writes an ini and a userlist into a temporary directory, starts
-``pgbouncer`` on a free port (as the ``postgres`` user when the tests run as root:
-PgBouncer refuses root) and stops it after the module.
+refused. :class:`PgBouncer` writes an ini and a userlist into a temporary directory,
+starts ``pgbouncer`` on a free port (as the ``postgres`` user when the tests run as
+root: PgBouncer refuses root) and deletes it all when stopped. Without the binary the
+test skips, or fails under REQUIRE_SYSTEM_DEPS=1.
 
 Usage::
 
-    from tests.pgbouncer import pgbouncer   # the fixture
+    from tests.pgbouncer import pgbouncer   # the module's fixture, in transaction mode
 
     def test_x(pgbouncer: PgBouncer) -> None:
         url = pgbouncer.url_for(database_url)  # same database, through PgBouncer
+
+    def test_y() -> None:                      # a PgBouncer configured for one test
+        with through_pgbouncer(database_url, pool_mode="session") as url:
+            ...
 """
 
 from __future__ import annotations
@@ -24,37 +29,73 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from tests.backends import ADMIN_URL, REQUIRE_SYSTEM_DEPS, skip_or_fail
-from tests.pgcluster import as_server_user, free_port, give_to_server_user
+from tests.pgcluster import as_server_user, give_to_server_user
+from tests.servers import free_port
 
-__all__ = ["PgBouncer", "pgbouncer"]
+__all__ = [
+    "PgBouncer",
+    "pgbouncer",
+    "pgbouncer_version",
+    "require_pgbouncer",
+    "through_pgbouncer",
+]
 
-# Server connections per database and user: fewer than the app's pool, so client
-# connections share server connections, and a statement prepared by one client can
-# meet another client's transaction.
+# Server connections per database and user in the module fixture: fewer than the
+# app's pool, so client connections share server connections, and a statement
+# prepared by one client can meet another client's transaction.
 SERVER_POOL_SIZE = 3
 
 
-class PgBouncer:
-    """One pgbouncer process in transaction mode on 127.0.0.1, in front of *upstream*."""
+def require_pgbouncer() -> str:
+    """The pgbouncer binary; skip the test without it (fail under REQUIRE_SYSTEM_DEPS=1)."""
+    binary = shutil.which("pgbouncer")
+    if binary is None:
+        skip_or_fail(
+            "pgbouncer is not installed (apt-get install pgbouncer)", required=REQUIRE_SYSTEM_DEPS
+        )
+    assert binary is not None
+    return binary
 
-    def __init__(self, upstream: str = ADMIN_URL, pool_mode: str = "transaction") -> None:
-        binary = shutil.which("pgbouncer")
-        if binary is None:
-            raise RuntimeError("pgbouncer is not installed")
-        self.binary = binary
+
+def pgbouncer_version() -> str:
+    """The installed PgBouncer's version, e.g. ``1.18.0``."""
+    out = subprocess.run(["pgbouncer", "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.split()[1]
+
+
+class PgBouncer:
+    """One pgbouncer process on 127.0.0.1 in front of *upstream*'s server.
+
+    Args:
+        pool_mode: ``session``, ``transaction`` or ``statement``.
+        pool_size: Server connections per database and user (``default_pool_size``).
+        admin_users: Users allowed on the admin console (``SHOW CONFIG``), comma-separated.
+        upstream: A URL of the PostgreSQL server to pool connections to.
+    """
+
+    def __init__(
+        self,
+        *,
+        pool_mode: str = "transaction",
+        pool_size: int = 5,
+        admin_users: str = "",
+        upstream: str = ADMIN_URL,
+    ) -> None:
+        self.binary = require_pgbouncer()
         target = make_url(upstream)
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="dbpool-pgbouncer-"))
         give_to_server_user(self.root)
         self.logfile = self.root / "pgbouncer.log"
         userlist = self.root / "userlist.txt"
-        userlist.write_text('"postgres" ""\n')
+        userlist.write_text(f'"{target.username or "postgres"}" ""\n')
         self.ini = self.root / "pgbouncer.ini"
         self.ini.write_text(
             "[databases]\n"
@@ -62,8 +103,8 @@ class PgBouncer:
             "[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
             f"auth_type = trust\nauth_file = {userlist}\n"
-            f"pool_mode = {pool_mode}\ndefault_pool_size = {SERVER_POOL_SIZE}\n"
-            "max_client_conn = 200\n"
+            f"pool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\n"
+            f"admin_users = {admin_users}\nmax_client_conn = 200\n"
             f"logfile = {self.logfile}\npidfile = {self.root / 'pgbouncer.pid'}\n"
         )
         self.process: subprocess.Popen[bytes] | None = None
@@ -110,15 +151,29 @@ class PgBouncer:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
+    def __enter__(self) -> PgBouncer:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def through_pgbouncer(
+    database_url: str, *, pool_mode: str = "session", admin_users: str = ""
+) -> Iterator[str]:
+    """Run a PgBouncer for one test; yield *database_url* reached through it."""
+    with PgBouncer(pool_mode=pool_mode, admin_users=admin_users) as bouncer:
+        yield bouncer.url_for(database_url)
+
 
 @pytest.fixture(scope="module")
 def pgbouncer() -> Iterator[PgBouncer]:
     """A PgBouncer in transaction mode in front of the tests' PostgreSQL server."""
-    if shutil.which("pgbouncer") is None:
-        skip_or_fail("pgbouncer is not installed", required=REQUIRE_SYSTEM_DEPS)
-    bouncer = PgBouncer()
-    try:
-        bouncer.start()
+    with PgBouncer(pool_mode="transaction", pool_size=SERVER_POOL_SIZE) as bouncer:
         yield bouncer
-    finally:
-        bouncer.stop()

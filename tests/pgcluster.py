@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -30,24 +29,17 @@ from pathlib import Path
 import pytest
 
 from tests.backends import REQUIRE_POSTGRES, skip_or_fail
+from tests.servers import free_port
 
 __all__ = [
     "PgCluster",
     "as_server_user",
-    "free_port",
     "give_to_server_user",
     "pg_cluster",
     "server_bindir",
 ]
 
 RUN_AS = "postgres"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def server_bindir() -> Path | None:

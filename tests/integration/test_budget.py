@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from fastapi_dbpool import ConnectFailed, Database, DatabaseSettings
 from fastapi_dbpool.budget import inspect_server
 from tests.backends import admin_execute, libpq_url
-from tests.pgbouncer_server import free_port
+from tests.servers import free_port
 
 CANARY = "CANARY-b7f3e1"
 

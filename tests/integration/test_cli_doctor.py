@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from fastapi_dbpool.cli import app
 from tests.backends import admin_execute, libpq_url, migrate, postgres_database
-from tests.pgbouncer_server import free_port
+from tests.servers import free_port
 
 CANARY = "CANARY-xyz-41d9"
 

@@ -41,6 +41,16 @@ def assert_busy_answer(response: httpx.Response) -> None:
     assert "database is busy" in body["detail"]
 
 
+def assert_503s_came_after_the_timeout(
+    results: list[tuple[httpx.Response, float]], timeout: float
+) -> None:
+    """Every 503 in *results* is a busy answer, given once *timeout* ran out (not before)."""
+    for response, elapsed in results:
+        if response.status_code == 503:
+            assert_busy_answer(response)
+            assert timeout - 0.05 <= elapsed <= timeout + MARGIN_S, elapsed
+
+
 async def test_exhaustion_is_503_within_pool_timeout(database_url: str) -> None:
     timeout = 1.0
     settings = make_settings(database_url, pool_size=2, max_overflow=0, pool_timeout=timeout)
@@ -52,10 +62,7 @@ async def test_exhaustion_is_503_within_pool_timeout(database_url: str) -> None:
         snapshot = app.state.fastapi_dbpool.pool_snapshot()
     statuses = sorted(response.status_code for response, _ in results)
     assert statuses == [200] * 2 + [503] * 6
-    for response, elapsed in results:
-        if response.status_code == 503:
-            assert_busy_answer(response)
-            assert timeout - 0.05 <= elapsed <= timeout + MARGIN_S, elapsed
+    assert_503s_came_after_the_timeout(results, timeout)
     assert snapshot.timeouts_total == 6
     assert snapshot.waiting == 0
 
@@ -101,10 +108,7 @@ async def test_write_gate_wait_is_503_not_500(database_url: str, backend: str) -
         assert statuses == [200] * 4
         return
     assert statuses == [200] + [503] * 3
-    for response, elapsed in results:
-        if response.status_code == 503:
-            assert_busy_answer(response)
-            assert timeout - 0.05 <= elapsed <= timeout + MARGIN_S, elapsed
+    assert_503s_came_after_the_timeout(results, timeout)
 
 
 @pytest.mark.slow
@@ -117,9 +121,9 @@ async def test_exhaustion_over_http(database_url: str) -> None:
         "DB_MAX_OVERFLOW": "0",
         "DB_POOL_TIMEOUT": str(timeout),
     }
-    with uvicorn_server("tests.pressure_app:from_env", env) as server:
+    with uvicorn_server("tests.pressure_app:from_env", env, factory=True) as server:
         limits = httpx.Limits(max_connections=20)
-        async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=10) as client:
             results = await asyncio.gather(
                 *(_timed(client, "GET", "/hold?seconds=2.5") for _ in range(8))
             )
@@ -127,10 +131,7 @@ async def test_exhaustion_over_http(database_url: str) -> None:
         log = server.log()
     statuses = sorted(response.status_code for response, _ in results)
     assert statuses == [200] * 2 + [503] * 6
-    for response, elapsed in results:
-        if response.status_code == 503:
-            assert_busy_answer(response)
-            assert timeout - 0.05 <= elapsed <= timeout + MARGIN_S, elapsed
+    assert_503s_came_after_the_timeout(results, timeout)
     assert pool["checked_out"] == 0
     assert pool["timeouts_total"] == 6
     assert "Traceback" not in log and "non-checked-in" not in log, log

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from fastapi_dbpool import Database, DatabaseSettings
 from fastapi_dbpool.budget import inspect_server
 from fastapi_dbpool.cli import app
-from tests.pgbouncer_server import pgbouncer, pgbouncer_version
+from tests.pgbouncer import pgbouncer_version, through_pgbouncer
 
 pytestmark = pytest.mark.postgres_only
 
@@ -41,7 +41,7 @@ def codes(report: dict[str, Any]) -> dict[str, str]:
 
 
 def test_pgbouncer_identified_through_its_admin_console(database_url: str, backend: str) -> None:
-    with pgbouncer(database_url, pool_mode="transaction", admin_users="postgres") as url:
+    with through_pgbouncer(database_url, pool_mode="transaction", admin_users="postgres") as url:
         exit_code, report = doctor_json(url)
     pooler = report["server"]["pooler"]
     assert pooler["product"] == "PgBouncer"
@@ -60,7 +60,7 @@ def test_pgbouncer_identified_through_its_admin_console(database_url: str, backe
 
 
 def test_pgbouncer_detected_without_admin_rights(database_url: str, backend: str) -> None:
-    with pgbouncer(database_url, pool_mode="session") as url:
+    with through_pgbouncer(database_url, pool_mode="session") as url:
         exit_code, report = doctor_json(url)
         result = CliRunner().invoke(app, ["doctor"], env=ENV | {"DATABASE_URL": url})
     pooler = report["server"]["pooler"]
@@ -83,7 +83,7 @@ def test_direct_connection_is_not_mistaken_for_a_pooler(database_url: str, backe
 def test_statement_timeout_rejected_by_pgbouncer_is_an_error(
     database_url: str, backend: str
 ) -> None:
-    with pgbouncer(database_url) as url:
+    with through_pgbouncer(database_url) as url:
         exit_code, report = doctor_json(url, DB_STATEMENT_TIMEOUT_MS="1000")
     assert exit_code == 2
     (finding,) = report["findings"]
@@ -97,7 +97,7 @@ def test_repeated_checks_through_a_transaction_pool(database_url: str, backend: 
     # prepared statements from a per-process counter, so a second process (here: the
     # console script run twice) would collide with the statements the first one left.
     script = Path(sys.executable).parent / "dbpool"
-    with pgbouncer(database_url, pool_mode="transaction", admin_users="postgres") as url:
+    with through_pgbouncer(database_url, pool_mode="transaction", admin_users="postgres") as url:
         for _ in range(2):
             result = subprocess.run(
                 [str(script), "doctor", "--json"],
@@ -119,7 +119,7 @@ async def test_startup_check_behind_pgbouncer_logs_no_budget_warning(
 ) -> None:
     caplog.set_level(logging.INFO, logger="fastapi_dbpool")
     monkeypatch.setenv("WEB_CONCURRENCY", "500")  # would never fit max_connections
-    with pgbouncer(database_url) as url:
+    with through_pgbouncer(database_url) as url:
         database = Database(DatabaseSettings(url=url, pool_size=10))
         facts = await inspect_server(database)
         assert facts.pooler is not None and facts.server_pid_differs

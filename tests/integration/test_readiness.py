@@ -23,8 +23,9 @@ from fastapi_dbpool import DatabaseSettings
 from tests.backends import migrate
 from tests.conftest import make_settings
 from tests.integration.test_exhaustion import MARGIN_S
-from tests.pgcluster import PgCluster, free_port, pg_cluster
+from tests.pgcluster import PgCluster, pg_cluster
 from tests.pressure_app import create_app, started, until
+from tests.servers import free_port
 
 __all__ = ["pg_cluster"]  # the fixture, imported for this module's tests
 

@@ -34,8 +34,9 @@ TIME_BUDGET_S = 120
 @pytest.mark.slow
 async def test_aborted_requests_leak_nothing(database_url: str) -> None:
     env = {"DATABASE_URL": database_url, "DB_POOL_SIZE": "10", "DB_POOL_TIMEOUT": "5"}
-    with uvicorn_server("tests.pressure_app:users_api_with_pool_stats", env) as server:
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+    app = "tests.pressure_app:users_api_with_pool_stats"
+    with uvicorn_server(app, env, factory=True, access_log=False) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             user_ids = []
             for n in range(USERS):
                 created = await client.post("/users", json={"name": "U", "email": f"u{n}@x.com"})

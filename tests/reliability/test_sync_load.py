@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.apps.harness import LoadResult, run_wrk, uvicorn_server, wrk_path
 from tests.backends import REQUIRE_SYSTEM_DEPS, skip_or_fail
 from tests.seed import seed_user_with_items
+from tests.servers import uvicorn_server
+from tests.wrk import LoadResult, run_wrk, wrk_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timing]
 
@@ -39,8 +40,9 @@ def items_url(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         "SYNC_LOAD_SHAPE": "dbpool",
     }
     log = tmp_path / "uvicorn.log"
-    with uvicorn_server("tests.apps.sync_load:create_app", env, log) as base:
-        yield f"{base}/users/{user_id}/items", log
+    app = "tests.apps.sync_load:create_app"
+    with uvicorn_server(app, env, factory=True, access_log=False, log_path=log) as server:
+        yield f"{server.url}/users/{user_id}/items", log
 
 
 def _assert_served(result: LoadResult, report: str) -> None:

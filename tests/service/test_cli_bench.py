@@ -16,16 +16,16 @@ from typer.testing import CliRunner
 from fastapi_dbpool import DatabaseSettings
 from fastapi_dbpool.cli import app
 from tests.backends import REQUIRE_SYSTEM_DEPS, skip_or_fail
-from tests.pgbouncer_server import free_port
-from tests.uvicorn_server import uvicorn_server
+from tests.servers import USERS_API, free_port, uvicorn_server
 
 ENV = {"COLUMNS": "200"}
 
 
 @pytest.fixture
 def server(database_url: str) -> Iterator[str]:
-    with uvicorn_server(database_url, DB_POOL_SIZE="5") as base:
-        yield base
+    env = {"DATABASE_URL": database_url, "DB_POOL_SIZE": "5"}
+    with uvicorn_server(USERS_API, env, access_log=False) as server:
+        yield server.url
 
 
 def bench(*args: str) -> tuple[int, dict[str, Any]]:

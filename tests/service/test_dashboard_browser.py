@@ -20,8 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.background_load import background_load
 from tests.browser import Page, chromium_binary, chromium_page
-from tests.live_server import background_load, live_server
+from tests.servers import USERS_API, uvicorn_server
 
 pytestmark = pytest.mark.slow
 
@@ -83,14 +84,14 @@ def test_dashboard_shows_the_pool_moving_under_load(
     backend: str, database_url: str, tmp_path: Path
 ) -> None:
     chromium_binary()  # skip early, before starting a server, when chromium is absent
-    with live_server(
-        database_url,
-        tmp_path,
-        DB_POOL_SIZE="3",
-        DB_MAX_OVERFLOW="1",
-        DB_POOL_TIMEOUT="10",
-        DB_METRICS_TOKEN=TOKEN,
-    ) as server:
+    env = {
+        "DATABASE_URL": database_url,
+        "DB_POOL_SIZE": "3",
+        "DB_MAX_OVERFLOW": "1",
+        "DB_POOL_TIMEOUT": "10",
+        "DB_METRICS_TOKEN": TOKEN,
+    }
+    with uvicorn_server(USERS_API, env, log_path=tmp_path / "server.log") as server:
         user_ids = []
         with httpx.Client(base_url=server.url) as client:
             for i in range(20):
@@ -156,4 +157,4 @@ def test_dashboard_shows_the_pool_moving_under_load(
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         if SCREENSHOT_COPY:
             shutil.copyfile(shot, SCREENSHOT_COPY)
-        assert "Traceback" not in server.output()
+        assert "Traceback" not in server.log()

@@ -16,8 +16,8 @@ from sqlalchemy import text
 from fastapi_dbpool import Database, DatabaseSettings, health_router
 from fastapi_dbpool.testing import assert_pool_idle
 from tests.conftest import make_settings
-from tests.live_server import free_port
 from tests.polling import eventually
+from tests.servers import free_port
 
 CANARY = "Canary-Pw-5521"
 PROBE_TIMEOUT = 0.3

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.live_server import live_server
+from tests.servers import USERS_API, uvicorn_server
 
 pytestmark = pytest.mark.slow
 
@@ -63,12 +63,15 @@ def test_two_workers_add_up(backend: str, database_url: str, tmp_path: Path) -> 
     directory = tmp_path / "prometheus"
     directory.mkdir()
     with (
-        live_server(
-            database_url,
-            tmp_path,
+        uvicorn_server(
+            USERS_API,
+            {
+                "DATABASE_URL": database_url,
+                "PROMETHEUS_MULTIPROC_DIR": str(directory),
+                "DB_POOL_SIZE": str(POOL_SIZE),
+            },
             workers=2,
-            PROMETHEUS_MULTIPROC_DIR=str(directory),
-            DB_POOL_SIZE=str(POOL_SIZE),
+            log_path=tmp_path / "server.log",
         ) as server,
         fresh_connections() as client,
     ):
@@ -107,4 +110,4 @@ def test_two_workers_add_up(backend: str, database_url: str, tmp_path: Path) -> 
 
     # A worker that stopped no longer counts towards the live gauges.
     assert not list(directory.glob("gauge_livesum_*.db"))
-    assert "Traceback" not in server.output()
+    assert "Traceback" not in server.log()

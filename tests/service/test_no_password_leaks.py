@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import make_settings
-from tests.live_server import free_port
+from tests.servers import free_port
 
 pytestmark = pytest.mark.postgres_only
 

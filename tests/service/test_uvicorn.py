@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,15 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.backends import ROOT
+from tests.servers import USERS_API, uvicorn_server
 
 CANARY = "CANARY-pw-7f3a"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -29,41 +19,10 @@ def server(database_url: str, backend: str, tmp_path: Path) -> Iterator[tuple[st
     url = database_url
     if backend == "postgres":  # trust auth ignores the password: a canary that must never show
         url = url.replace("postgres@", f"postgres:{CANARY}@")
-    port = free_port()
     log = tmp_path / "server.log"
-    env = dict(os.environ, DATABASE_URL=url, DB_POOL_SIZE="3")
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "users_api.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("server did not start: " + log.read_text()[-2000:])
-        yield base, log
-    finally:
-        proc.terminate()
-        proc.wait(15)
+    env = {"DATABASE_URL": url, "DB_POOL_SIZE": "3"}
+    with uvicorn_server(USERS_API, env, log_path=log) as running:
+        yield running.url, log
 
 
 def test_served_by_uvicorn(server: tuple[str, Path]) -> None:

@@ -1,23 +1,16 @@
-"""A real uvicorn process and a wrk load against it, for load tests and bench scripts."""
+"""wrk against a running server, for load tests and bench scripts: statuses and latency.
+
+The Lua script counts responses by status in every thread, which wrk alone does not
+report; the figures come back as one JSON line we parse into a :class:`LoadResult`.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-
-import httpx
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # Counts statuses per thread and prints one JSON line at the end.
 _WRK_SCRIPT = r"""
@@ -85,57 +78,6 @@ class LoadResult:
 def wrk_path() -> str | None:
     """The wrk binary, or None when it is not installed."""
     return shutil.which("wrk")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def uvicorn_server(
-    app: str, env: dict[str, str], log: Path, *, ready_path: str = "/health/live"
-) -> Iterator[str]:
-    """Serve the factory *app* in a uvicorn process; yield its base URL; stop it.
-
-    The server's output goes to *log*.
-    """
-    port = free_port()
-    command = [
-        sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1",
-        "--port", str(port), "--no-access-log", "--log-level", "warning",
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(process, base + ready_path, log)
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-
-
-def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"uvicorn exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"uvicorn did not answer {url} within 30 s:\n{log.read_text()}")
 
 
 def run_wrk(url: str, *, clients: int, seconds: int, threads: int = 2) -> LoadResult:
