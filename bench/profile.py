@@ -9,7 +9,9 @@ samples (inclusive), which is where NOTES.md takes its profiles from.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from collections import Counter
@@ -37,6 +39,12 @@ def summarise(collapsed: Path, top: int = 40) -> str:
     return f"{total} samples\n" + "\n".join(rows)
 
 
+def _py_spy() -> str:
+    """py-spy from the venv running this script (``make bench`` installs it), else PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("endpoint", nargs="?", default="get_user", choices=list(ENDPOINTS))
@@ -61,7 +69,7 @@ def main() -> None:
                 target=subprocess.run,
                 args=(
                     [
-                        "py-spy", "record", "--nonblocking", "--format", "raw",
+                        _py_spy(), "record", "--nonblocking", "--format", "raw",
                         "-d", str(int(args.seconds)), "-r", "200", "-o", str(out),
                         "-p", str(server.process.pid),
                     ],
