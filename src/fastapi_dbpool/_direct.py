@@ -402,9 +402,10 @@ async def close_direct(connection: DirectConnection, *, commit: bool) -> None:
     """Close *connection*, shielded from the caller's cancellation when there is work."""
     if connection._fairy is None:
         return
-    if not connection._in_transaction and not connection._sqlite and connection._broken is None:
-        # Checkin of a connection without a transaction never awaits on PostgreSQL,
-        # so it cannot be interrupted half-way; skip the cost of a task.
+    if not connection._in_transaction and connection._broken is None:
+        # Checkin of a connection without a transaction skips the pool's rollback, so
+        # it does not await (unless an overflow connection is closed) and cannot be
+        # interrupted half-way; skip the cost of a task.
         await connection.close(commit=False)
         return
     await run_to_completion(connection.close(commit=commit))
