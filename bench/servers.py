@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .system import APP_CPU, pinned
+from .system import APP_CPU, pinned, raise_fd_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,12 +49,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _raise_fd_limit() -> None:
-    # 1,024 client connections need more descriptors than the usual soft limit.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
 
 @dataclass
@@ -109,7 +102,7 @@ class AppServer:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_raise_fd_limit,
+            preexec_fn=raise_fd_limit,
         )
         self._wait_ready()
         return self
