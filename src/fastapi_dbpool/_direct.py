@@ -121,6 +121,7 @@ class StatementCache:
 
     def __init__(self, dialect: Dialect, size: int = 500) -> None:
         self.dialect = dialect
+        self.sqlite = dialect.name == "sqlite"
         self._by_id: LRUCache[int, _Plan] = LRUCache(size)
         self._by_key: LRUCache[Any, _Plan] = LRUCache(size)
 
@@ -177,7 +178,8 @@ class DirectConnection:
         self._database = database
         self._cache = cache
         self._read_only = read_only
-        self._sqlite = database.settings.backend == "sqlite"
+        # From the cache, not settings.backend, which parses the URL on every call.
+        self._sqlite = cache.sqlite
         self._fairy: PoolProxiedConnection | None = None
         self._driver: Any = None
         self._in_transaction = False
