@@ -17,7 +17,9 @@ Transactions: a read-only connection runs each statement on its own (a single
 ``SELECT`` needs no ``BEGIN``/``ROLLBACK`` pair) and refuses anything but a select. A
 writing connection opens a transaction at its first statement (``BEGIN IMMEDIATE``
 behind the SQLite write gate) and commits when the dependency exits, before the
-response is sent; an error rolls it back. Driver errors are raised as SQLAlchemy's
+response is sent; an error rolls it back. ``execute_committed()`` runs a single writing
+statement in autocommit instead: one round trip, committed when it returns. Driver errors
+are raised as SQLAlchemy's
 (``IntegrityError``, ``OperationalError``…), so the error responses are unchanged.
 """
 
