@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .system import LOAD_CPU, pinned
+from .system import LOAD_CPU, pinned, raise_fd_limit
 
 SCRIPT = Path(__file__).resolve().parent / "wrk" / "requests.lua"
 
@@ -82,7 +82,14 @@ def run_wrk(
         ],
     )
     load = os.getloadavg()[0]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
+        preexec_fn=raise_fd_limit,
+    )
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")

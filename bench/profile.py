@@ -9,7 +9,9 @@ samples (inclusive), which is where NOTES.md takes its profiles from.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from collections import Counter
@@ -21,6 +23,7 @@ from .loadgen import ENDPOINTS, run_wrk
 from .servers import APPS, AppServer
 
 OUT = Path(__file__).resolve().parent / "profiles"
+RATE = 200  # py-spy samples per second
 
 
 def summarise(collapsed: Path, top: int = 40) -> str:
@@ -35,6 +38,69 @@ def summarise(collapsed: Path, top: int = 40) -> str:
             inclusive[frame] += n
     rows = [f"{n / total:6.1%}  {frame}" for frame, n in inclusive.most_common(top)]
     return f"{total} samples\n" + "\n".join(rows)
+
+
+# Layers of a request, each named by the file paths of its frames. A sample belongs to
+# the innermost frame that matches a layer (the garbage collector shows as the frame
+# that allocated when it ran, so it spreads over the others).
+LAYERS = (
+    ("fastapi_dbpool: leak detection", ("fastapi_dbpool/leaks.py",)),
+    ("fastapi_dbpool: metrics", ("fastapi_dbpool/_http_metrics.py", "fastapi_dbpool/metrics.py",
+                                 "fastapi_dbpool/_history.py", "prometheus_client")),
+    ("fastapi_dbpool: pool (permits, monitor, ping)", ("fastapi_dbpool/_pool.py",
+                                                       "fastapi_dbpool/_ping.py")),
+    ("SQLAlchemy pool and events", ("sqlalchemy/pool", "sqlalchemy/event",
+                                    "sqlalchemy/util/queue")),
+    ("greenlet hops", ("sqlalchemy/util/concurrency", "greenlet_spawn")),
+    ("driver (asyncpg / aiosqlite)", ("asyncpg/", "aiosqlite/")),
+    ("fastapi_dbpool: direct connection, dependency", ("fastapi_dbpool/_direct.py",
+                                                       "fastapi_dbpool/dependencies.py",
+                                                       "fastapi_dbpool/_cleanup.py")),
+    ("SQLAlchemy ORM / engine / types", ("sqlalchemy/",)),
+    ("email validation", ("email_validator", "idna")),
+    ("pydantic", ("pydantic",)),
+    ("FastAPI dependency solving", ("fastapi/dependencies",)),
+    ("routing, endpoint, response", ("starlette/routing.py", "fastapi/routing.py",
+                                     "starlette/responses.py", "users_api/", "bench/apps/")),
+    ("middleware", ("middleware", "_body_limit", "_exception_handler", "fastapi/telemetry",
+                    "fastapi/applications", "starlette/applications")),
+    ("uvicorn, httptools", ("uvicorn/", "httptools")),
+    ("asyncio, uvloop", ("asyncio/", "uvloop")),
+)  # fmt: skip
+
+
+def layers(collapsed: Path, requests: int, rate: int) -> str:
+    """CPU microseconds per request spent in each of :data:`LAYERS` (event-loop thread)."""
+    spent: Counter[str] = Counter()
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if frames[0].startswith("Thread._bootstrap"):
+            continue  # aiosqlite's and the thread pool's threads
+        layer = next(
+            (
+                name
+                for frame in reversed(frames)
+                for name, paths in LAYERS
+                if any(path in frame for path in paths)
+            ),
+            "other (the event loop's C code, idle polling)",
+        )
+        spent[layer] += int(count)
+    per_sample_us = 1e6 / rate
+    total = sum(spent.values())
+    rows = [
+        f"{n * per_sample_us / requests:8.0f} us  {n / total:6.1%}  {name}"
+        for name, n in spent.most_common()
+    ]
+    head = f"{total * per_sample_us / requests:8.0f} us per request on the event-loop thread"
+    return head + "\n" + "\n".join(rows)
+
+
+def _py_spy() -> str:
+    """py-spy from the venv running this script (``make bench`` installs it), else PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
 
 
 def main() -> None:
@@ -61,8 +127,8 @@ def main() -> None:
                 target=subprocess.run,
                 args=(
                     [
-                        "py-spy", "record", "--nonblocking", "--format", "raw",
-                        "-d", str(int(args.seconds)), "-r", "200", "-o", str(out),
+                        _py_spy(), "record", "--nonblocking", "--format", "raw",
+                        "-d", str(int(args.seconds)), "-r", str(RATE), "-o", str(out),
                         "-p", str(server.process.pid),
                     ],
                 ),
@@ -74,6 +140,7 @@ def main() -> None:
         finally:
             server.stop()
     print(f"{args.app} {args.endpoint} on {args.backend}: {sample.rps:,.0f} req/s")
+    print(layers(out, sample.requests, RATE))
     print(summarise(out))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from tests.servers import free_port
 
-from .system import APP_CPU, pinned
+from .system import APP_CPU, pinned, raise_fd_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,12 +44,6 @@ APPS = {
         AppSpec("nodb", "bench.apps.nodb:app", "no database", uses_database=False),
     )
 }
-
-
-def _raise_fd_limit() -> None:
-    # 1,024 client connections need more descriptors than the usual soft limit.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
 
 @dataclass
@@ -104,7 +97,7 @@ class AppServer:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_raise_fd_limit,
+            preexec_fn=raise_fd_limit,
         )
         self._wait_ready()
         return self

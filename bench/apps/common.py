@@ -9,10 +9,14 @@ the least work a real app would, which makes them a demanding baseline.
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "sqlite:///./bench.db")
@@ -67,3 +71,23 @@ class ProcessAccepted(BaseModel):
 def analyse(description: str | None) -> dict[str, int]:
     text = description or ""
     return {"words": len(text.split()), "characters": len(text)}
+
+
+def freeze_startup_heap(app: FastAPI) -> FastAPI:
+    """Freeze the objects that exist once *app* has started, as users_api does.
+
+    Full garbage collections then skip them. users_api does this in its lifespan;
+    every compared app does the same so that the comparison stays about the database
+    layer, not about garbage-collector tuning.
+    """
+    original = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: FastAPI) -> AsyncIterator[Any]:
+        async with original(app_) as state:
+            gc.collect()
+            gc.freeze()
+            yield state
+
+    app.router.lifespan_context = lifespan
+    return app

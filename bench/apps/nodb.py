@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
-from .common import ItemOut, ProcessAccepted, UserIn, UserOut
+from .common import ItemOut, ProcessAccepted, UserIn, UserOut, freeze_startup_heap
 
-app = FastAPI()
+app = freeze_startup_heap(FastAPI())
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 

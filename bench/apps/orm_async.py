@@ -23,6 +23,7 @@ from .common import (
     UserIn,
     UserOut,
     analyse,
+    freeze_startup_heap,
 )
 from .models import Item, User
 
@@ -32,7 +33,7 @@ engine = create_async_engine(
 )
 SessionLocal = async_sessionmaker(engine, expire_on_commit=False)
 
-app = FastAPI()
+app = freeze_startup_heap(FastAPI())
 
 
 async def get_session() -> AsyncIterator[AsyncSession]:

@@ -24,6 +24,7 @@ from .common import (
     UserIn,
     UserOut,
     analyse,
+    freeze_startup_heap,
     postgres_dsn,
     sqlite_path,
 )
@@ -103,7 +104,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await db.close()
 
 
-app = FastAPI(lifespan=lifespan)
+app = freeze_startup_heap(FastAPI(lifespan=lifespan))
 
 
 def _item(row: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from .common import (
     UserIn,
     UserOut,
     analyse,
+    freeze_startup_heap,
 )
 from .models import Item, User
 
@@ -44,7 +45,7 @@ else:
     )
 SessionLocal = sessionmaker(autocommit=False, autoflush=False, bind=engine)
 
-app = FastAPI()
+app = freeze_startup_heap(FastAPI())
 
 
 async def get_db() -> Any:

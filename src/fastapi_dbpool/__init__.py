@@ -25,6 +25,7 @@ from .errors import (
     SettingsError,
     StatementTimeout,
     TooManyWaiting,
+    TransactionOpen,
     WriteInReadSession,
 )
 from .health import HealthReport, check_readiness, health_router
@@ -65,6 +66,7 @@ __all__ = [
     "SyncSessionDep",
     "SyncSessionRoute",
     "TooManyWaiting",
+    "TransactionOpen",
     "WriteInReadSession",
     "check_readiness",
     "configure_logging",

@@ -17,7 +17,9 @@ Transactions: a read-only connection runs each statement on its own (a single
 ``SELECT`` needs no ``BEGIN``/``ROLLBACK`` pair) and refuses anything but a select. A
 writing connection opens a transaction at its first statement (``BEGIN IMMEDIATE``
 behind the SQLite write gate) and commits when the dependency exits, before the
-response is sent; an error rolls it back. Driver errors are raised as SQLAlchemy's
+response is sent; an error rolls it back. ``execute_committed()`` runs a single writing
+statement in autocommit instead: one round trip, committed when it returns. Driver errors
+are raised as SQLAlchemy's
 (``IntegrityError``, ``OperationalError``…), so the error responses are unchanged.
 """
 
@@ -37,7 +39,7 @@ from sqlalchemy.util import LRUCache, greenlet_spawn
 from ._cleanup import run_to_completion
 from ._postgres import local_statement_timeout
 from ._sqlite_interrupt import arm_deadline
-from .errors import WriteInReadSession
+from .errors import TransactionOpen, WriteInReadSession
 
 if TYPE_CHECKING:
     from sqlalchemy.pool import PoolProxiedConnection
@@ -123,6 +125,7 @@ class StatementCache:
 
     def __init__(self, dialect: Dialect, size: int = 500) -> None:
         self.dialect = dialect
+        self.sqlite = dialect.name == "sqlite"
         self._by_id: LRUCache[int, _Plan] = LRUCache(size)
         self._by_key: LRUCache[Any, _Plan] = LRUCache(size)
 
@@ -180,7 +183,8 @@ class DirectConnection:
         self._database = database
         self._cache = cache
         self._read_only = read_only
-        self._sqlite = database.settings.backend == "sqlite"
+        # From the cache, not settings.backend, which parses the URL on every call.
+        self._sqlite = cache.sqlite
         self._fairy: PoolProxiedConnection | None = None
         self._driver: Any = None
         self._in_transaction = False
@@ -222,6 +226,65 @@ class DirectConnection:
         """The first column of the first row, or None when there is no row."""
         rows = await self.all(statement, **params)
         return next(iter(rows[0].values())) if rows else None
+
+    async def execute_committed(self, statement: Executable, /, **params: Any) -> list[Row]:
+        """Run one writing statement as its own transaction; return its rows, committed.
+
+        For a handler whose whole write is one statement (an ``INSERT ... RETURNING``,
+        an ``UPDATE ... RETURNING``): the statement runs in autocommit, so its own
+        atomicity is the transaction and it costs one round trip instead of three
+        (``BEGIN``, the statement, ``COMMIT``). When this returns, the rows are
+        committed, deferred constraints included; when it raises, nothing was
+        committed, except if the connection died mid-statement (a ``DBAPIError`` with
+        ``connection_invalidated``, answered 503), when the outcome is unknown. Either
+        way a client cannot get a 2xx for a row that is not there. On SQLite the
+        statement still passes the write gate, released as soon as it completes.
+
+        Statements run on this connection afterwards start a new transaction, which
+        the dependency commits or rolls back as usual; the committed statement stays.
+
+        Raises:
+            WriteInReadSession: The connection is read-only.
+            TransactionOpen: An earlier statement of this connection opened a
+                transaction, which this statement would commit early.
+        """
+        if self._read_only:
+            raise WriteInReadSession(
+                "execute_committed() on a read-only connection; use ConnectionDep"
+            )
+        if self._in_transaction:
+            raise TransactionOpen(
+                "execute_committed() inside an open transaction would commit the statements "
+                "before it early; make it the connection's first write, or use all()"
+            )
+        plan, extracted = self._cache.plan(statement)
+        args = plan.arguments(params, extracted)
+        if self._fairy is None:
+            await self._checkout()
+        gate = self._database.write_gate if self._sqlite else None
+        record: Any = None
+        if gate is not None:
+            assert self._fairy is not None
+            record = self._fairy._connection_record
+            await gate.acquire_async(record)
+        try:
+            records = await self._run(plan.sql, args)
+        except Exception as error:
+            # The statement is over (failed as a whole): the gate can go.
+            if gate is not None:
+                gate.release(record)
+            # No retry on a dead connection, unlike reads: the server may have
+            # committed the statement before the connection broke.
+            raise self._translate(error, plan.sql, args) from error
+        except BaseException as error:
+            # Cancelled while the statement runs: its outcome is unknown and the driver
+            # may still be busy with it. Throw the connection away; the gate goes back
+            # when the connection does.
+            self._broken = error
+            raise
+        if gate is not None:
+            gate.release(record)
+        return plan.rows(records)
 
     async def _execute(self, plan: _Plan, args: list[Any]) -> list[Row]:
         first = self._fairy is None
@@ -283,8 +346,7 @@ class DirectConnection:
             gate = self._database.write_gate
             if gate is not None:
                 assert self._fairy is not None
-                record = self._fairy._connection_record
-                await greenlet_spawn(gate.acquire, record)
+                await gate.acquire_async(self._fairy._connection_record)
             await self._driver.execute("BEGIN IMMEDIATE")
         else:
             await self._driver.execute(self._begin_sql or "BEGIN")
@@ -396,9 +458,10 @@ async def close_direct(connection: DirectConnection, *, commit: bool) -> None:
     """Close *connection*, shielded from the caller's cancellation when there is work."""
     if connection._fairy is None:
         return
-    if not connection._in_transaction and not connection._sqlite and connection._broken is None:
-        # Checkin of a connection without a transaction never awaits on PostgreSQL,
-        # so it cannot be interrupted half-way; skip the cost of a task.
+    if not connection._in_transaction and connection._broken is None:
+        # Checkin of a connection without a transaction skips the pool's rollback, so
+        # it does not await (unless an overflow connection is closed) and cannot be
+        # interrupted half-way; skip the cost of a task.
         await connection.close(commit=False)
         return
     await run_to_completion(connection.close(commit=commit))

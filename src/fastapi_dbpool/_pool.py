@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +29,7 @@ from sqlalchemy.util import await_
 
 from .errors import ConnectFailed, PoolTimeout, TooManyWaiting
 
-__all__ = ["MonitoredPool", "PoolMonitor", "PoolSnapshot", "acquire_within"]
+__all__ = ["FifoPermits", "MonitoredPool", "PoolMonitor", "PoolSnapshot", "acquire_within"]
 
 # A callback that receives one duration in seconds (checkout wait or hold time).
 DurationObserver = Callable[[float], None]
@@ -188,6 +190,63 @@ class PoolMonitor:
             observer(seconds)
 
 
+class FifoPermits:
+    """Permits handed out first come, first served, without an await when one is free.
+
+    ``asyncio.Semaphore`` is FIFO too, but taking even a free permit is a coroutine,
+    which inside the pool (running in SQLAlchemy's greenlet) costs two greenlet
+    switches per checkout. Here a free permit is taken by :meth:`try_acquire`, a plain
+    call; only a caller that must wait awaits. A returned permit goes straight to the
+    oldest waiter, so a newcomer cannot take it first.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_acquire(self) -> bool:
+        """Take a permit if one is free and nobody queues for one; never waits."""
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def acquire(self, timeout: float) -> None:
+        """Queue for a permit; raise ``TimeoutError`` after *timeout* seconds."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        # A bare timer, not asyncio.timeout() (a context object, a reschedule and a
+        # task lookup per call): under load nearly every checkout waits here.
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release()  # handed a permit just as we gave up: pass it on
+            else:
+                waiter.cancel()
+                with suppress(ValueError):  # already taken off by release()
+                    self._waiters.remove(waiter)
+            raise
+        finally:
+            timer.cancel()
+
+    def release(self) -> None:
+        """Return a permit: to the oldest waiter if there is one, else to the free count."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class MonitoredPool(AsyncAdaptedQueuePool):
     """``AsyncAdaptedQueuePool`` that counts waiters and sheds load past ``max_waiting``.
 
@@ -213,26 +272,23 @@ class MonitoredPool(AsyncAdaptedQueuePool):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # One permit per connection the pool may hand out. asyncio's Semaphore is FIFO:
-        # a caller arriving while others wait queues behind them. The queue inside
+        # One permit per connection the pool may hand out, FIFO (FifoPermits): a caller
+        # arriving while others wait queues behind them. The queue inside
         # SQLAlchemy's pool is not (a newcomer takes a just-returned connection before
         # the woken waiter runs, which sends that waiter to the back), and under load
         # that barging turns into multi-second tail latency.
         # Threads (the sync pool) queue fairly enough in SQLAlchemy's own queue and
-        # cannot await a semaphore: they keep the plain path.
-        self._permits = (
-            asyncio.Semaphore(self.size() + self.max_overflow) if self._is_asyncio else None
-        )
+        # cannot await a permit: they keep the plain path.
+        self._permits = FifoPermits(self.size() + self.max_overflow) if self._is_asyncio else None
 
     def _do_get(self) -> ConnectionPoolEntry:
         monitor = self.monitor
         permits = self._permits
         if permits is None:
             return self._do_get_threaded()
-        if not permits.locked():
+        if permits.try_acquire():
             # A free permit and nobody queued: no waiting to account for.
             started = time.perf_counter()
-            await_(permits.acquire())  # completes at once: the permit is free
             entry = self._get_with_permit()
             monitor._waited(time.perf_counter() - started)
             return entry
@@ -242,7 +298,9 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         monitor.waiting += 1
         started = time.perf_counter()
         try:
-            await_(acquire_within(permits, self._timeout))
+            # FifoPermits.acquire gives back a permit handed over as the caller was
+            # cancelled and re-raises the cancellation: none is lost (see acquire_within).
+            await_(permits.acquire(self._timeout))
         except TimeoutError:
             monitor.timeouts_total += 1
             raise self._timeout_error() from None

@@ -58,11 +58,19 @@ class WriteGate:
 
     def acquire(self, record: ConnectionPoolEntry) -> None:
         """Take the gate for *record*'s connection; called inside SQLAlchemy's greenlet."""
+        await_(self.acquire_async(record))
+
+    async def acquire_async(self, record: ConnectionPoolEntry) -> None:
+        """Take the gate for *record*'s connection, from async code (direct connections).
+
+        Raises:
+            PoolTimeout: The gate stayed taken for ``DB_POOL_TIMEOUT`` seconds.
+        """
         if self._holder is record:
             return  # a second transaction on a connection that still holds it
         started = time.perf_counter()
         try:
-            await_(acquire_within(self._lock, self.timeout))  # not wait_for: see there
+            await acquire_within(self._lock, self.timeout)  # not wait_for: see there
         except TimeoutError:
             raise PoolTimeout(
                 f"database busy: another transaction held SQLite's write lock for more "

@@ -304,12 +304,16 @@ class Database:
             return self._on_replica(replica.connection(read_only=True))
         return self._direct(read_only)
 
-    @asynccontextmanager
-    async def _direct(self, read_only: bool) -> AsyncIterator[DirectConnection]:
+    def _new_direct(self, read_only: bool) -> DirectConnection:
+        """A DirectConnection that has not checked out yet; the caller closes it."""
         statements = self._statements
         if statements is None:
             statements = self._statements = StatementCache(self.engine.dialect)
-        connection = DirectConnection(self, statements, read_only=read_only)
+        return DirectConnection(self, statements, read_only=read_only)
+
+    @asynccontextmanager
+    async def _direct(self, read_only: bool) -> AsyncIterator[DirectConnection]:
+        connection = self._new_direct(read_only)
         try:
             yield connection
         except BaseException:

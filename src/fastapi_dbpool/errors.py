@@ -7,6 +7,7 @@ clause catches them all::
     ├── SettingsError           a DB_* variable or DATABASE_URL is invalid (raised at start)
     ├── DatabaseNotStarted      the engine is used outside the app's lifespan
     ├── WriteInReadSession      a write was attempted in a read-only session
+    ├── TransactionOpen         execute_committed() inside a transaction it would commit
     └── DatabaseUnavailable     the request cannot be served now; answered 503
         ├── PoolTimeout         no connection became free within DB_POOL_TIMEOUT
         │   └── TooManyWaiting  DB_MAX_WAITING requests already wait; shed at once
@@ -33,6 +34,10 @@ class DatabaseNotStarted(DBPoolError, RuntimeError):
 
 class WriteInReadSession(DBPoolError):
     """A statement that writes was sent through a read-only session."""
+
+
+class TransactionOpen(DBPoolError, RuntimeError):
+    """``execute_committed()`` was called while the connection had a transaction open."""
 
 
 class DatabaseUnavailable(DBPoolError):

@@ -17,10 +17,9 @@ from __future__ import annotations
 import logging
 from enum import Enum
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, or_, select, update
 
-from fastapi_dbpool import Database
+from fastapi_dbpool import Database, DirectConnection
 
 from .models import Item, utcnow
 
@@ -40,20 +39,44 @@ class Claim(Enum):
     MISSING = "missing"  # no such item: 404
 
 
-async def claim(session: AsyncSession, item_id: int) -> tuple[Claim, str | None]:
+# Each step is one conditional UPDATE, so each runs as its own transaction on a direct
+# connection (execute_committed: one round trip, committed when it returns). The
+# statements are built once, values as bindparam(); "IN (...)" is spelled with OR, as a
+# literal list would need SQLAlchemy's execution-time expansion.
+_CLAIM = (
+    update(Item)
+    .where(Item.id == bindparam("item_id"), or_(*(Item.status == s for s in PROCESSABLE)))
+    .values(status="queued", result=None, processed_at=None)
+    .returning(Item.id)
+)
+_STATUS = select(Item.status).where(Item.id == bindparam("item_id"))
+_START = (
+    update(Item)
+    .where(Item.id == bindparam("item_id"), Item.status == "queued")
+    .values(status="processing")
+    .returning(Item.description)
+)
+_FINISH = (
+    update(Item)
+    .where(Item.id == bindparam("item_id"), Item.status == "processing")
+    .values(status="done", result=bindparam("result"), processed_at=bindparam("processed_at"))
+)
+_FAIL = (
+    update(Item)
+    .where(Item.id == bindparam("item_id"), Item.status == "processing")
+    .values(status="failed")
+)
+
+
+async def claim(db: DirectConnection, item_id: int) -> tuple[Claim, str | None]:
     """Move the item to ``queued`` if it may be processed; say what was found.
 
-    Returns the outcome and the item's status now (None if there is no such item).
+    The move is committed when this returns. Returns the outcome and the item's status
+    now (None if there is no such item).
     """
-    queued = await session.scalar(
-        update(Item)
-        .where(Item.id == item_id, Item.status.in_(PROCESSABLE))
-        .values(status="queued", result=None, processed_at=None)
-        .returning(Item.id)
-    )
-    if queued is not None:
+    if await db.execute_committed(_CLAIM, item_id=item_id):
         return Claim.QUEUED, "queued"
-    status = await session.scalar(select(Item.status).where(Item.id == item_id))
+    status = await db.scalar(_STATUS, item_id=item_id)
     if status is None:
         return Claim.MISSING, None
     return (Claim.DONE if status == "done" else Claim.ALREADY), status
@@ -67,33 +90,20 @@ def analyse(description: str | None) -> dict[str, int]:
 
 async def process_item(database: Database, item_id: int) -> None:
     """Run one item from ``queued`` to ``done`` (or ``failed``), in three transactions."""
-    async with database.session() as session:
-        row = (
-            await session.execute(
-                update(Item)
-                .where(Item.id == item_id, Item.status == "queued")
-                .values(status="processing")
-                .returning(Item.description)
-            )
-        ).first()
-    if row is None:
+    async with database.connection() as db:
+        started = await db.execute_committed(_START, item_id=item_id)
+    if not started:
         return  # deleted, or another run took it
     try:
-        result = analyse(row.description)
-        async with database.session() as session:
-            await session.execute(
-                update(Item)
-                .where(Item.id == item_id, Item.status == "processing")
-                .values(status="done", result=result, processed_at=utcnow())
+        result = analyse(started[0]["description"])
+        async with database.connection() as db:
+            await db.execute_committed(
+                _FINISH, item_id=item_id, result=result, processed_at=utcnow()
             )
     except Exception:
         logger.exception("processing item %d failed", item_id)
-        async with database.session() as session:
-            await session.execute(
-                update(Item)
-                .where(Item.id == item_id, Item.status == "processing")
-                .values(status="failed")
-            )
+        async with database.connection() as db:
+            await db.execute_committed(_FAIL, item_id=item_id)
 
 
 async def resume_stranded(database: Database) -> int:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Integer, bindparam, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -163,3 +163,39 @@ async def test_without_the_gate_sqlite_says_database_is_locked(tmp_path: Path) -
         await engine.dispose()
     locked = [r for r in results if isinstance(r, OperationalError) and "locked" in str(r)]
     assert locked, "expected plain concurrent writers to hit 'database is locked'"
+
+
+LOG = (
+    text("INSERT INTO log (n) VALUES (:n) RETURNING id")
+    .bindparams(bindparam("n"))
+    .columns(id=Integer)
+)
+
+
+async def test_committed_writes_pass_the_gate(db_factory) -> None:
+    # execute_committed runs without BEGIN IMMEDIATE, but still one writer at a time:
+    # it waits for (and times out on) a transaction that holds the gate.
+    database = await db_factory(pool_size=3, max_overflow=0, pool_timeout=0.3)
+    gate = database.write_gate
+    async with database.connection() as holder:
+        await holder.all(text("UPDATE counter SET n = n + 1"))  # holds the gate
+        async with database.connection() as db:
+            with pytest.raises(PoolTimeout, match="DB_POOL_TIMEOUT"):
+                await db.execute_committed(LOG, n=1)
+    waits = gate.waits_total
+    async with database.connection() as db:
+        await db.execute_committed(LOG, n=2)
+        assert not gate.held  # given back as soon as the statement completed
+    assert gate.waits_total == waits + 1
+
+
+async def test_concurrent_committed_writers_never_see_database_is_locked(db_factory) -> None:
+    database = await db_factory(pool_size=5, max_overflow=0, pool_timeout=10)
+
+    async def write(n: int) -> None:
+        async with database.connection() as db:
+            await db.execute_committed(LOG, n=n)
+
+    await asyncio.gather(*(write(n) for n in range(WRITERS)))
+    async with database.connection(read_only=True) as db:
+        assert await db.scalar(text("SELECT count(*) FROM log").columns(n=Integer)) == WRITERS

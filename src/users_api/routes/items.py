@@ -9,7 +9,13 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
-from fastapi_dbpool import DatabaseDep, ReadConnectionDep, ReadSessionDep, SessionDep
+from fastapi_dbpool import (
+    ConnectionDep,
+    DatabaseDep,
+    ReadConnectionDep,
+    ReadSessionDep,
+    SessionDep,
+)
 
 from ..models import Item, User
 from ..processing import Claim, claim, process_item
@@ -121,19 +127,19 @@ async def delete_item(item_id: ItemId, session: SessionDep) -> None:
     responses={404: {"description": "No such item"}, 409: {"description": "Already done"}},
 )
 async def process(
-    item_id: ItemId, session: SessionDep, database: DatabaseDep, tasks: BackgroundTasks
+    item_id: ItemId, db: ConnectionDep, database: DatabaseDep, tasks: BackgroundTasks
 ) -> ProcessAccepted:
     """Queue the item for processing; the 202 is sent after ``queued`` is committed.
 
     Asking again while it is queued or processing is accepted without a second run;
     once it is done, 409.
     """
-    found, now = await claim(session, item_id)
+    found, now = await claim(db, item_id)
     if found is Claim.MISSING:
         raise _not_found(item_id)
     if found is Claim.DONE:
         raise HTTPException(status.HTTP_409_CONFLICT, f"item {item_id} is already processed")
     if found is Claim.QUEUED:
-        # Runs after the response, so after the session's commit: the task sees "queued".
+        # Runs after the response, so after the claim's commit: the task sees "queued".
         tasks.add_task(process_item, database, item_id)
     return ProcessAccepted.model_validate({"id": item_id, "status": now})
