@@ -89,3 +89,21 @@ def migrate(url: str) -> None:
     """``alembic upgrade head`` on *url*, failing loudly."""
     result = alembic(url, "upgrade", "head")
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+async def settle_sqlite_threads(timeout: float = 5.0) -> None:
+    """Let aiosqlite's worker threads finish while the event loop still runs.
+
+    When aiosqlite fails to open a file it stops its worker thread with a close request
+    whose answer nobody awaits; the thread posts that answer to the loop later. If the
+    test's loop has closed by then, the thread dies with "Event loop is closed" and
+    pytest reports it against whichever test runs next. Waiting here keeps the report
+    where it belongs, and the loop open until the thread is done.
+    """
+    import asyncio
+    import threading
+
+    for thread in threading.enumerate():
+        if "_connection_worker_thread" in thread.name and thread is not threading.current_thread():
+            await asyncio.to_thread(thread.join, timeout)
+    await asyncio.sleep(0)  # run the callbacks the threads posted

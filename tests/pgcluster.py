@@ -99,9 +99,12 @@ class PgCluster:
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
+        # fsync=off is safe here: the tests crash the server process, never the machine.
+        # synchronous_commit stays on: `pg_ctl stop -m immediate` right after a commit
+        # (a migration, say) would otherwise lose it, and the next test would fail.
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c fsync=off -c full_page_writes=off "
             "-c max_connections=50 -c shared_buffers=16MB"
         )
         self._run(

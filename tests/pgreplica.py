@@ -50,8 +50,8 @@ def primary_and_replica() -> Iterator[tuple[PgCluster, PgCluster]]:
 def wait_replayed(primary_url: str, standby_url: str, timeout: float = 20) -> None:
     """Wait until the standby has replayed everything the primary has written so far.
 
-    The insert position, not the write position: the throwaway primary runs with
-    synchronous_commit=off, so a commit can still sit in its WAL buffers.
+    The insert position: it covers every commit made so far, whether or not the WAL
+    writer has written it out yet.
     """
     with psycopg.connect(libpq_url(primary_url), autocommit=True) as conn:
         target = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # type: ignore[index]

@@ -88,7 +88,13 @@ async def get_connection(conn: HTTPConnection) -> AsyncIterator[DirectConnection
 
 async def get_read_connection(conn: HTTPConnection) -> AsyncIterator[DirectConnection]:
     """Yield a read-only direct connection: selects only, each without BEGIN/ROLLBACK."""
-    connection = get_database(conn)._new_direct(read_only=True)
+    database = get_database(conn)
+    if database.replica is not None:
+        # The replica's routing and fallback live in Database.connection().
+        async with database.connection(read_only=True) as routed:
+            yield routed
+        return
+    connection = database._new_direct(read_only=True)
     try:
         yield connection
     finally:

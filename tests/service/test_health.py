@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from fastapi_dbpool import Database, DatabaseSettings, health_router
 from fastapi_dbpool.testing import assert_pool_idle
+from tests.backends import settle_sqlite_threads
 from tests.conftest import make_settings
 from tests.polling import eventually
 from tests.servers import free_port
@@ -37,6 +38,7 @@ async def health_app(
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client, database
         await assert_pool_idle(database)
+    await settle_sqlite_threads()
 
 
 def unreachable_url(backend: str, tmp_path: Path) -> str:
