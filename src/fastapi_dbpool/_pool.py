@@ -292,9 +292,7 @@ class MonitoredPool(AsyncAdaptedQueuePool):
             entry = self._get_with_permit()
             monitor._waited(time.perf_counter() - started)
             return entry
-        if monitor.max_waiting and monitor.waiting >= monitor.max_waiting:
-            monitor.timeouts_total += 1
-            raise self._too_many_waiting()
+        self._shed_if_queue_full()
         monitor.waiting += 1
         started = time.perf_counter()
         try:
@@ -321,6 +319,13 @@ class MonitoredPool(AsyncAdaptedQueuePool):
             self._release_permit()
             raise
 
+    def _shed_if_queue_full(self) -> None:
+        """Raise TooManyWaiting, counted as a timeout, when DB_MAX_WAITING callers wait."""
+        monitor = self.monitor
+        if monitor.max_waiting and monitor.waiting >= monitor.max_waiting:
+            monitor.timeouts_total += 1
+            raise self._too_many_waiting()
+
     def _release_permit(self) -> None:
         if self._permits is not None:
             self._permits.release()
@@ -333,9 +338,7 @@ class MonitoredPool(AsyncAdaptedQueuePool):
             entry = super()._do_get()
             monitor._waited(time.perf_counter() - started)
             return entry
-        if monitor.max_waiting and monitor.waiting >= monitor.max_waiting:
-            monitor.timeouts_total += 1
-            raise self._too_many_waiting()
+        self._shed_if_queue_full()
         monitor.waiting += 1
         started = time.perf_counter()
         try:
