@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from fastapi_dbpool.cli import app
+from fastapi_dbpool.cli.app import app
 from tests.backends import admin_execute, libpq_url, migrate, postgres_database
 from tests.servers import free_port
 

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastapi_dbpool import DatabaseSettings, SettingsError
-from fastapi_dbpool.budget import (
+from fastapi_dbpool import DatabaseSettings
+from fastapi_dbpool.errors import SettingsError
+from fastapi_dbpool.ops.budget import (
     ConnectionBudget,
     PoolerFacts,
     ServerFacts,
