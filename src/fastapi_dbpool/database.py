@@ -143,7 +143,9 @@ class Database:
         engine = create_async_engine(settings.sqlalchemy_url, **self._engine_options())
         self.monitor.attach(engine.pool)
         if settings.pool_pre_ping and settings.backend == "postgresql":
-            install_idle_ping(engine.sync_engine.pool, settings.pool_pre_ping_idle_s)
+            install_idle_ping(
+                engine.sync_engine.pool, settings.pool_pre_ping_idle_s, engine.dialect.do_ping
+            )
         if settings.backend == "sqlite":
             self.write_gate = WriteGate(timeout=settings.pool_timeout)
             configure_sqlite(engine.sync_engine, self.write_gate, settings.sqlite_busy_timeout_ms)
@@ -293,7 +295,16 @@ class Database:
             self.engine  # noqa: B018 - raises DatabaseNotStarted with the reason
             assert self._loop is not None
             self._sync = SyncDatabase(self, self._loop, self.sync_monitor)
+            # A second pool now counts against the server's connections: check again
+            # (a check still running reads pools_in_use when it computes the budget).
+            if self._budget_check is None or self._budget_check.done():
+                self._budget_check = schedule_budget_check(self)
         return self._sync
+
+    @property
+    def pools_in_use(self) -> int:
+        """Pools of ``DB_POOL_SIZE`` connections open now: 1, or 2 once the sync pool is."""
+        return 1 if self._sync is None else 2
 
     def connection(
         self, *, read_only: bool = False

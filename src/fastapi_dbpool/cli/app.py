@@ -88,6 +88,13 @@ def doctor(
             min=0, help="Effective spindles of the database host; 0 if the data fits in RAM."
         ),
     ] = None,
+    sync_endpoints: Annotated[
+        bool,
+        typer.Option(
+            "--sync-endpoints",
+            help="The app has def endpoints on sync sessions: count its sync pool too.",
+        ),
+    ] = False,
 ) -> None:
     """Check the pool settings against the database server and recommend a pool size.
 
@@ -101,7 +108,13 @@ def doctor(
         report = invalid_settings_report(error)
     else:
         report = _run(
-            diagnose(settings, workers=worker_count, db_cores=db_cores, spindles=spindles)
+            diagnose(
+                settings,
+                workers=worker_count,
+                db_cores=db_cores,
+                spindles=spindles,
+                sync_endpoints=sync_endpoints,
+            )
         )
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict(), indent=2, default=str) + "\n")

@@ -96,12 +96,15 @@ async def diagnose(
     workers: int,
     db_cores: int | None = None,
     spindles: int | None = None,
+    sync_endpoints: bool = False,
 ) -> DoctorReport:
     """Inspect the database of *settings* and judge the pool settings against it.
 
     Args:
         settings: The app's settings (``DatabaseSettings.from_env()``).
         workers: The app's worker processes.
+        sync_endpoints: The app has ``def`` endpoints on sync sessions, so each worker
+            opens a sync pool beside the async one.
         db_cores: Cores of the database host; read from the server when omitted.
         spindles: Effective spindles of the database host; 1 assumed when omitted.
     """
@@ -114,7 +117,8 @@ async def diagnose(
     if facts is not None and facts.pooler is not None:
         facts = dataclasses.replace(facts, pooler=await identify_pgbouncer(settings, facts.pooler))
     report.facts = facts
-    report.budget = connection_budget(settings, facts, workers) if facts else None
+    pools = 2 if sync_endpoints else 1
+    report.budget = connection_budget(settings, facts, workers, pools=pools) if facts else None
     report.recommendation = _recommend(settings, facts, report.budget, workers, db_cores, spindles)
     if facts is not None:
         checks = _SQLITE_CHECKS if settings.backend == "sqlite" else _POSTGRES_CHECKS

@@ -114,14 +114,17 @@ def _log_failure(database: Database, reason: str, error: str, started: float) ->
     )
 
 
-def check_pool(database: Database) -> Check:
-    """Fail when every connection is in use and callers are queued for one."""
+def check_pool(database: Database, *, name: str = "pool", sync: bool = False) -> Check:
+    """Fail when every connection is in use and callers are queued for one.
+
+    With *sync*, check the sync pool of ``def`` endpoints instead of the async pool.
+    """
     if not database.started:
-        return Check("pool", False, "not started")
-    snap = database.pool_snapshot()
+        return Check(name, False, "not started")
+    snap = (database.sync_monitor if sync else database.monitor).snapshot()
     if snap.saturated and snap.waiting > 0:
-        return Check("pool", False, f"exhausted: {snap.checked_out} in use, {snap.waiting} waiting")
-    return Check("pool", True)
+        return Check(name, False, f"exhausted: {snap.checked_out} in use, {snap.waiting} waiting")
+    return Check(name, True)
 
 
 async def check_readiness(
@@ -137,6 +140,8 @@ async def check_readiness(
         probes.append(probe_database(database.replica, timeout))
     results = await asyncio.gather(*probes)
     checks = [results[0], check_pool(database)]
+    if database.pools_in_use > 1:  # def endpoints opened the sync pool
+        checks.append(check_pool(database, name="sync_pool", sync=True))
     if len(results) > 1:
         replica = results[1]
         checks.append(Check("replica", replica.ok, replica.reason, required=False))

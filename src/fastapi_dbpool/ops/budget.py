@@ -54,11 +54,13 @@ class ConnectionBudget:
     reserved_connections: int
     in_use_by_others: int
     probe_connections_per_worker: int = PROBE_CONNECTIONS_PER_WORKER
+    #: Pools of that size per worker: 1, or 2 when ``def`` endpoints use the sync pool.
+    pools: int = 1
 
     @property
     def per_worker(self) -> int:
-        """Connections one worker may open: pool, overflow and the probe's."""
-        return self.pool_size + self.max_overflow + self.probe_connections_per_worker
+        """Connections one worker may open: each pool with its overflow, and the probe's."""
+        return self.pools * (self.pool_size + self.max_overflow) + self.probe_connections_per_worker
 
     @property
     def needed(self) -> int:
@@ -82,9 +84,12 @@ class ConnectionBudget:
 
     def describe(self) -> str:
         """The sum in words, e.g. for a log line or a table cell."""
+        pool = f"{self.pool_size} pool + {self.max_overflow} overflow"
+        if self.pools > 1:  # the sync pool of def endpoints, beside the async one
+            pool = f"{self.pools} x ({pool})"
         return (
-            f"{self.workers} worker(s) x ({self.pool_size} pool + {self.max_overflow} overflow"
-            f" + {self.probe_connections_per_worker} probe) = {self.needed} connections;"
+            f"{self.workers} worker(s) x ({pool} + {self.probe_connections_per_worker} probe)"
+            f" = {self.needed} connections;"
             f" the server allows {self.server_limit} (max_connections {self.max_connections}"
             f" - {self.reserved_connections} reserved), {self.in_use_by_others} in use by"
             f" other clients: {self.available} available"
@@ -134,9 +139,11 @@ def workers_from_env() -> int:
 
 
 def connection_budget(
-    settings: DatabaseSettings, facts: ServerFacts, workers: int
+    settings: DatabaseSettings, facts: ServerFacts, workers: int, *, pools: int = 1
 ) -> ConnectionBudget | None:
     """The budget of *settings* on the server of *facts*, or None when it does not apply.
+
+    *pools* is 2 for an app whose ``def`` endpoints use the sync pool beside the async one.
 
     None on SQLite, when the server's limits are unknown, and behind a pooler: there the
     app's connections are the pooler's clients, and ``max_connections`` bounds the
@@ -152,6 +159,7 @@ def connection_budget(
         max_connections=facts.max_connections,
         reserved_connections=reserved,
         in_use_by_others=facts.connections_in_use_by_others or 0,
+        pools=pools,
     )
 
 

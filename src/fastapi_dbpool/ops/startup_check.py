@@ -76,7 +76,7 @@ async def check_budget(database: Database, workers: int | None = None) -> Connec
     except Exception as error:  # a check must never take the app down; say what it was
         logger.warning("connection budget not checked: %s", type(error).__name__, extra=fields)
         return None
-    budget = connection_budget(settings, facts, workers)
+    budget = connection_budget(settings, facts, workers, pools=database.pools_in_use)
     if budget is None:
         logger.debug(
             "connection budget not checked: a connection pooler is in front of the server",

@@ -20,6 +20,7 @@ connection, and a session's request is answered 503 with ``Retry-After``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event, exc
@@ -30,8 +31,14 @@ __all__ = ["install_idle_ping"]
 _LAST_RETURNED = "fastapi_dbpool.last_returned"
 
 
-def install_idle_ping(pool: Pool, idle_seconds: float) -> None:
-    """Ping connections of *pool* idle longer than *idle_seconds* (0: on every checkout)."""
+def install_idle_ping(pool: Pool, idle_seconds: float, ping: Callable[[Any], object]) -> None:
+    """Ping connections of *pool* idle longer than *idle_seconds* (0: on every checkout).
+
+    Args:
+        pool: The async pool (asyncpg) or the sync pool (psycopg).
+        idle_seconds: ``DB_POOL_PRE_PING_IDLE_S``.
+        ping: The dialect's ping (``dialect.do_ping``); raises when the connection is dead.
+    """
 
     @event.listens_for(pool, "connect")
     def _connected(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -43,14 +50,21 @@ def install_idle_ping(pool: Pool, idle_seconds: float) -> None:
 
     @event.listens_for(pool, "checkout")
     def _check(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
-        driver = getattr(dbapi_connection, "_connection", None)
-        is_closed = getattr(driver, "is_closed", None)
-        if is_closed is not None and is_closed():
+        if _known_closed(dbapi_connection):
             raise exc.DisconnectionError("the server closed this connection")
         returned = record.info.get(_LAST_RETURNED)
         if returned is not None and time.monotonic() - returned < idle_seconds:
             return
         try:
-            dbapi_connection.ping()
+            ping(dbapi_connection)
         except Exception as error:
             raise exc.DisconnectionError("the connection did not answer a ping") from error
+
+
+def _known_closed(dbapi_connection: Any) -> bool:
+    """True when the driver already knows the server closed the connection (no round trip)."""
+    driver = getattr(dbapi_connection, "_connection", None)  # asyncpg behind SQLAlchemy
+    is_closed = getattr(driver, "is_closed", None)
+    if callable(is_closed):
+        return bool(is_closed())
+    return bool(getattr(dbapi_connection, "closed", False))  # psycopg 3

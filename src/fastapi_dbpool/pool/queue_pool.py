@@ -11,7 +11,9 @@ Statistics come from pool events (:mod:`.monitor`).
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any
 
 from sqlalchemy import exc
 from sqlalchemy.pool import (
@@ -28,6 +30,13 @@ from .monitor import PoolMonitor
 from .waiting import Waiting
 
 __all__ = ["MonitoredPool", "MonitoredSyncPool", "monitor_of"]
+
+# SQLAlchemy's pool logs "Pool disposed. ... Current Overflow: -10" at INFO on every
+# dispose, which an app logging at INFO prints at each shutdown. The pools log to this
+# logger instead, WARNING by default: set it to INFO (or use echo_pool) to see them.
+POOL_LOGGER = logging.getLogger("fastapi_dbpool.pool.sqlalchemy")
+if POOL_LOGGER.level == logging.NOTSET:
+    POOL_LOGGER.setLevel(logging.WARNING)
 
 
 class MonitoredPool(AsyncAdaptedQueuePool):
@@ -53,6 +62,11 @@ class MonitoredPool(AsyncAdaptedQueuePool):
     def capacity(self) -> int:
         """The most connections the pool hands out at once."""
         return self.size() + self.max_overflow
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.echo:
+            self.logger = POOL_LOGGER
 
     def use_monitor(self, monitor: PoolMonitor) -> None:
         """Report to *monitor* and wait through its :class:`Waiting` (done once, at start)."""

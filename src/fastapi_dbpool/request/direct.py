@@ -33,11 +33,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import CompoundSelect, Select, TextualSelect
 from sqlalchemy.util import LRUCache
 
 from .._compat import greenlet_spawn
-from ..errors import TransactionOpen, WriteInReadSession
+from ..errors import DirectConnectionMisuse, TransactionOpen, WriteInReadSession
 from ..pool.cleanup import run_to_completion
 from ..postgres.options import local_statement_timeout
 from ..sqlite.interrupt import arm_deadline
@@ -93,6 +94,14 @@ class _Plan:
 
     def rows(self, records: Any) -> list[Row]:
         keys = self.keys
+        if not keys and records:
+            # A text() statement that returns rows but declares no columns: SQLAlchemy
+            # would name them from the cursor; a compiled plan has no names to give.
+            raise DirectConnectionMisuse(
+                "this text() statement returns rows but declares no columns; write "
+                "text(...).columns(name=Type, ...) so that a direct connection can name them, "
+                "or run it through a session"
+            )
         if all(proc is None for _, proc in keys):
             names = [key for key, _ in keys]
             return [dict(zip(names, record, strict=True)) for record in records]
@@ -101,6 +110,19 @@ class _Plan:
              zip(keys, record, strict=True)}
             for record in records
         ]  # fmt: skip
+
+
+def _refused_on_read(statement: Executable) -> str:
+    if isinstance(statement, TextClause):
+        return (
+            "a text() statement on a read-only connection: a direct connection cannot tell "
+            "whether it writes; declare its result columns, text(...).columns(...), which "
+            "marks it a select, or use ConnectionDep if it writes"
+        )
+    return (
+        f"{type(statement).__name__} sent through a read-only connection; "
+        "use ConnectionDep (or SessionDep) for writes"
+    )
 
 
 def _default_value(default: Any, name: str) -> Any:
@@ -211,10 +233,7 @@ class DirectConnection:
         """Execute *statement* with *params*; return every row as a dict."""
         plan, extracted = self._cache.plan(statement)
         if self._read_only and not isinstance(statement, _READS):
-            raise WriteInReadSession(
-                f"{type(statement).__name__} sent through a read-only connection; "
-                "use ConnectionDep (or SessionDep) for writes"
-            )
+            raise WriteInReadSession(_refused_on_read(statement))
         args = plan.arguments(params, extracted)
         return await self._execute(plan, args)
 

@@ -18,6 +18,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from .._compat import greenlet_spawn
 from ..errors import PoolTimeout
+from ..pool.ping import install_idle_ping
 from ..pool.queue_pool import MonitoredSyncPool
 from ..postgres.options import install_statement_timeout
 from ..settings import DatabaseSettings
@@ -42,6 +43,10 @@ def create_sync_engine(
         install_statement_guard(engine, settings.statement_timeout_ms)
     else:
         install_statement_timeout(engine, settings)
+        if settings.pool_pre_ping:
+            # The same idle-aware ping as the async pool (see pool/ping.py), not
+            # SQLAlchemy's ping on every checkout.
+            install_idle_ping(engine.pool, settings.pool_pre_ping_idle_s, engine.dialect.do_ping)
     return engine
 
 
@@ -119,7 +124,7 @@ def _engine_options(settings: DatabaseSettings, name: str) -> dict[str, Any]:
         "max_overflow": settings.max_overflow,
         "pool_timeout": settings.pool_timeout,
         "pool_recycle": settings.pool_recycle,
-        "pool_pre_ping": settings.pool_pre_ping,
+        "pool_pre_ping": False,  # replaced by install_idle_ping
         "echo": settings.echo,
         "connect_args": connect_args,
     }
