@@ -23,7 +23,7 @@ from ._app import STATE_KEY, database_of
 from .errors import DatabaseNotStarted
 from .observe.leaks import watch_for_leaks
 from .ops.startup_check import cancel_budget_check, schedule_budget_check
-from .pool.cleanup import run_to_completion, wait_for_pending_cleanups
+from .pool.cleanup import wait_for_pending_cleanups
 from .pool.monitor import PoolMonitor, PoolSnapshot
 from .pool.ping import install_idle_ping
 from .pool.queue_pool import MonitoredPool
@@ -31,6 +31,7 @@ from .postgres.options import connect_args as postgres_connect_args
 from .postgres.options import install_statement_timeout
 from .postgres.replica import ReplicaRouter
 from .request.direct import DirectConnection, StatementCache, close_direct
+from .request.session import session_unit
 from .settings import DatabaseSettings
 from .sqlite.gate import READ_ONLY_OPTION, WriteGate, configure_sqlite
 from .sqlite.interrupt import install_statement_guard
@@ -246,21 +247,12 @@ class Database:
         own = [self.monitor, self.sync_monitor, self.probe_monitor]
         return own if self.replica is None else own + self.replica.monitors()
 
-    @asynccontextmanager
-    async def _session(self, read_only: bool) -> AsyncIterator[AsyncSession]:
+    def _session(self, read_only: bool) -> AbstractAsyncContextManager[AsyncSession]:
         factory = self._read_sessions if read_only else self._sessions
         if factory is None:
             self.engine  # noqa: B018 - raises DatabaseNotStarted with the reason
             raise AssertionError("unreachable")
-        session = factory()
-        try:
-            yield session
-        except BaseException:
-            # The caller's error is the one that matters; a failing rollback on a broken
-            # connection is logged, and the connection is invalidated by SQLAlchemy.
-            await run_to_completion(_discard_quietly(session))
-            raise
-        await run_to_completion(_discard(session) if read_only else _commit(session))
+        return session_unit(factory, read_only=read_only)
 
     def with_session(
         self, func: Callable[Concatenate[AsyncSession, P], Awaitable[R]]
@@ -390,33 +382,6 @@ class Database:
         if self.settings.backend == "sqlite":
             return {READ_ONLY_OPTION: True}
         return {"postgresql_readonly": True}
-
-
-async def _commit(session: AsyncSession) -> None:
-    """Commit and close; on failure roll back, close, and raise the commit's error."""
-    try:
-        await session.commit()
-    except BaseException:
-        await _discard(session)
-        raise
-    await session.close()
-
-
-async def _discard(session: AsyncSession) -> None:
-    """Roll back whatever is open and return the connection to the pool."""
-    try:
-        await session.rollback()
-    finally:
-        await session.close()
-
-
-async def _discard_quietly(session: AsyncSession) -> None:
-    try:
-        await _discard(session)
-    except Exception:
-        logger.warning(
-            "rollback failed after an error", exc_info=True, extra={"event": "rollback_failed"}
-        )
 
 
 def _database(conn: HTTPConnection) -> Database:
