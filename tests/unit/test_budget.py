@@ -44,6 +44,15 @@ def test_budget_counts_pool_overflow_and_probe_per_worker() -> None:
     assert "20 in use by other clients: 77 available" in text
 
 
+def test_budget_counts_the_sync_pool_of_def_endpoints() -> None:
+    # 4 workers x (2 x (10 + 5) + 1 probe) = 4 x 31 = 124 > 77 available.
+    b = budget(pools=2)
+    assert b.per_worker == 31
+    assert b.needed == 124
+    assert not b.fits
+    assert "4 worker(s) x (2 x (10 pool + 5 overflow) + 1 probe) = 124" in b.describe()
+
+
 @given(
     workers=st.integers(1, 64),
     pool_size=st.integers(1, 100),
