@@ -110,8 +110,9 @@ class RefreshStatusBeforeScrape:
     Prometheus collectors are synchronous and the scrape runs on the event loop, so
     the database cannot be read from inside one; this reads it, asynchronously, on the
     way in. At most one read a second, whoever asks (the metrics token is checked
-    after), and none longer than *timeout* seconds: a busy database makes the gauge
-    disappear from that scrape rather than the scrape slow down.
+    after); none while *can_read* says no (the pool has no free connection: metrics
+    must not compete with requests), when the last counts are shown again; none
+    longer than *timeout* seconds, after which the gauge is left out of that scrape.
     """
 
     def __init__(
@@ -121,13 +122,15 @@ class RefreshStatusBeforeScrape:
         path: str,
         metrics: ItemMetrics,
         read: Callable[[], Awaitable[dict[str, int]]],
-        timeout: float = 2.0,
+        can_read: Callable[[], bool] = lambda: True,
+        timeout: float = 1.0,
         min_interval: float = 1.0,
     ) -> None:
         self.app = app
         self.path = path
         self.metrics = metrics
         self.read = read
+        self.can_read = can_read
         self.timeout = timeout
         self.min_interval = min_interval
         self._last = -float("inf")
@@ -141,7 +144,7 @@ class RefreshStatusBeforeScrape:
 
     async def _refresh(self) -> None:
         async with self._lock:
-            if time.monotonic() - self._last < self.min_interval:
+            if time.monotonic() - self._last < self.min_interval or not self.can_read():
                 return
             self._last = time.monotonic()
             try:

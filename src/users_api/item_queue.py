@@ -65,7 +65,7 @@ class GaveUp:
 # Built once, values as bindparam() (see DirectConnection). "IN (...)" is spelled with
 # OR: a literal list would need SQLAlchemy's execution-time expansion.
 _CLAIMABLE = (
-    select(Item.id, Item.status, Item.attempts, Item.error)
+    select(Item.id, Item.status, Item.attempts)
     .where(
         or_(
             and_(
@@ -166,8 +166,7 @@ async def claim_next(
             return None
         item_id = row["id"]
         if row["attempts"] >= max_attempts:
-            last = f" (last: {row['error']})" if row["error"] else ""
-            reason = short(f"gave up after {row['attempts']} attempts{last}")
+            reason = f"gave up after {row['attempts']} attempts"
             await db.all(_GIVE_UP, item_id=item_id, reason=reason)
             return GaveUp(item_id, reason)
         (taken,) = await db.all(

@@ -21,7 +21,7 @@ from . import item_queue
 from .item_metrics import ItemMetrics, RefreshStatusBeforeScrape
 from .routes import items, users
 from .settings import ItemSettings
-from .worker import ItemWorkers
+from .worker import ItemWorkers, has_free_connection
 
 # Largest request body accepted; the biggest valid one (an item) is about 41 kB.
 MAX_BODY_BYTES = 256 * 1024
@@ -86,6 +86,8 @@ def create_app(
             path="/metrics",
             metrics=item_metrics,
             read=lambda: item_queue.count_by_status(database),
+            # Never take a connection a request is waiting for: keep the last counts.
+            can_read=lambda: has_free_connection(database),
         )
     app.state.item_workers = ItemWorkers(database, item_settings, item_metrics)
     if database.settings.log_json:

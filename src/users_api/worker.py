@@ -72,6 +72,12 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def has_free_connection(database: Database) -> bool:
+    """True when the pool could hand out a connection now without making anyone wait."""
+    pool = database.pool_snapshot()
+    return pool.waiting == 0 and pool.checked_out < pool.size + pool.max_overflow
+
+
 class _Backoff:
     def __init__(self) -> None:
         self.failures = 0
@@ -156,7 +162,7 @@ class ItemWorkers:
                 continue
             backoff = _Backoff()
             if claimed is None:
-                await self._idle(self.settings.sweep_s)
+                await self._idle_until_work()
             elif isinstance(claimed, GaveUp):
                 self.metrics.failures.labels("attempts").inc()
                 logger.warning("item %d failed: %s", claimed.item_id, claimed.reason)
@@ -166,6 +172,19 @@ class ItemWorkers:
                     await self._process(claimed)
                 finally:
                     del self._running[number]
+
+    async def _idle_until_work(self) -> None:
+        """Wait for a wake-up, or for a sweep at a moment the pool has a free connection.
+
+        A sweep is background work that nobody waits for: while requests queue for
+        the pool, it waits another ITEM_SWEEP_S rather than take a connection from
+        them. A wake-up (a 202 just queued an item) claims at once.
+        """
+        # No clear() here: a wake-up that came during the claim must not be lost.
+        while not self._stopping:
+            await self._idle(self.settings.sweep_s)
+            if self._wake.is_set() or has_free_connection(self.database):
+                return
 
     async def _idle(self, seconds: float) -> None:
         """Wait for a wake-up, the stop, or *seconds*."""
