@@ -1,10 +1,4 @@
-"""Helpers for the item-processing proofs: apps with ITEM_* settings, rows, the audit trail.
-
-The audit trail is a test-only table and trigger (PostgreSQL) that records every change
-of an item's status or lease with the server's clock, so that a test can prove from
-the database itself that no two leases of one item ever overlapped and that each
-result was applied once.
-"""
+"""Helpers for the item-processing proofs: apps with ITEM_* settings, their items' rows."""
 
 from __future__ import annotations
 
@@ -13,51 +7,24 @@ import gc
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from typing import Any
 
 import httpx
-import psycopg
 from fastapi import FastAPI
 from sqlalchemy import create_engine, select
 
 from fastapi_dbpool import Database, DatabaseSettings
 from fastapi_dbpool.testing import assert_pool_idle
-from tests.backends import libpq_url
 from users_api.models import Item
 from users_api.settings import ItemSettings
 
 __all__ = [
-    "AUDIT_SQL",
-    "check_audit",
     "item_app",
     "item_rows",
     "new_items",
     "running",
     "wait_until_done",
 ]
-
-AUDIT_SQL = """
-CREATE TABLE item_audit (
-    seq bigserial PRIMARY KEY,
-    item_id int NOT NULL,
-    old_status text, new_status text,
-    old_token text, new_token text,
-    old_until timestamptz, new_until timestamptz,
-    processed_at timestamptz,
-    applications int,
-    at timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-CREATE FUNCTION item_audit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO item_audit (item_id, old_status, new_status, old_token, new_token,
-                            old_until, new_until, processed_at, applications)
-    VALUES (NEW.id, OLD.status, NEW.status, OLD.lease_token, NEW.lease_token,
-            OLD.lease_until, NEW.lease_until, NEW.processed_at, NEW.applications);
-    RETURN NEW;
-END $$;
-CREATE TRIGGER item_audit AFTER UPDATE ON items FOR EACH ROW EXECUTE FUNCTION item_audit();
-"""
 
 
 def item_app(settings: DatabaseSettings, **item_overrides: Any) -> FastAPI:
@@ -130,45 +97,3 @@ async def wait_until_done(
         if time.monotonic() > deadline:
             raise AssertionError(f"after {timeout} s, {len(left)} item(s) not done: {left}")
         await asyncio.sleep(0.1)
-
-
-def check_audit(url: str, lease_s: float) -> dict[str, int]:
-    """Prove from the audit trail that leases never overlapped; return what it counted.
-
-    For every item: each claim that took over a lease came after that lease had run
-    out (the claim's time is its new lease end minus ITEM_LEASE_S); each result was
-    written while its writer's lease held; exactly one result was written per done item.
-    """
-    lease = timedelta(seconds=lease_s)
-    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT item_id, old_status, new_status, old_token, new_token, old_until,"
-            " new_until, processed_at FROM item_audit ORDER BY item_id, seq"
-        ).fetchall()
-    claims = takeovers = applications = 0
-    for (
-        item_id,
-        old_status,
-        new_status,
-        old_token,
-        new_token,
-        old_until,
-        new_until,
-        done_at,
-    ) in rows:
-        if new_status == "processing" and new_token != old_token:
-            claims += 1
-            if old_status == "processing" and old_until is not None:
-                takeovers += 1
-                claimed_at = new_until - lease
-                assert claimed_at > old_until, (
-                    f"item {item_id}: lease {new_token} taken at {claimed_at} while "
-                    f"{old_token} held it until {old_until}"
-                )
-        if new_status == "done" and old_status == "processing":
-            applications += 1
-            assert done_at <= old_until, (
-                f"item {item_id}: result of {old_token} written at {done_at}, "
-                f"after its lease ended at {old_until}"
-            )
-    return {"claims": claims, "takeovers": takeovers, "applications": applications}
