@@ -156,10 +156,13 @@ class ItemWorkers:
                     max_attempts=self.settings.max_attempts,
                 )
             except Exception as error:
-                self._log_failure("claim", error)
+                _log_failure("claim", error, first=backoff.failures == 0)
                 self.metrics.retries.labels("claim").inc()
-                await self._idle(backoff.next())
+                # A bug (a missing table, say) is not cured by hammering: wait a sweep.
+                await self._idle(backoff.next() if is_transient(error) else self.settings.sweep_s)
                 continue
+            if backoff.failures:
+                logger.info("item claims work again after %d failure(s)", backoff.failures)
             backoff = _Backoff()
             if claimed is None:
                 await self._idle_until_work()
@@ -234,7 +237,7 @@ class ItemWorkers:
                 if not is_transient(error):
                     logger.exception("item %d: %s failed", lease.item_id, step)
                     return None  # the lease runs out; the item is claimed again
-                self._log_failure(step, error)
+                _log_failure(step, error, first=backoff.failures == 0)
             pause = backoff.next()
             if time.monotonic() + pause >= lease.deadline:
                 logger.warning(
@@ -257,12 +260,21 @@ class ItemWorkers:
         except Exception as error:
             logger.warning("item %d: not released (%s)", lease.item_id, type(error).__name__)
 
-    @staticmethod
-    def _log_failure(step: str, error: Exception) -> None:
-        if is_transient(error):
-            logger.warning("item %s failed, will retry: %s", step, type(error).__name__)
-        else:
-            logger.error("item %s failed: %r", step, error)
+
+def _log_failure(step: str, error: Exception, *, first: bool) -> None:
+    """Log a failed step: a warning for the first of a run of failures, then debug only.
+
+    An outage fails every worker's step every second; one line says it all.
+    """
+    if not is_transient(error):
+        logger.error("item %s failed: %r", step, error)
+    else:
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
+            "item %s failed, will retry: %s",
+            step,
+            type(error).__name__,
+        )
 
 
 def _workers(request: Request) -> ItemWorkers:
