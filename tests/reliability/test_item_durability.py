@@ -209,7 +209,7 @@ async def test_uncommitted_claim_of_a_killed_process(database_url: str) -> None:
 
 
 async def test_second_instance_leaves_live_leases_alone(database_url: str) -> None:
-    first = item_app(make_settings(database_url, pool_size=5), workers=1, processing_delay_ms=1500)
+    first = item_app(make_settings(database_url, pool_size=5), workers=1, processing_delay_ms=3000)
     async with running(first) as client:
         (item_id,) = await new_items(client, 1)
         await process_all(client, [item_id])
@@ -332,3 +332,30 @@ async def test_metrics_follow_the_items(database_url: str) -> None:
         assert sample(app, "users_api_item_claims_total") == 2
         assert sample(app, "users_api_item_queued_to_done_seconds_count") == 2
         assert sample(app, "users_api_item_lease_expiries_total") == 0
+
+
+# -- wake-ups and sweeps -----------------------------------------------------------------
+
+
+async def test_the_202_wakes_a_worker_at_once(database_url: str) -> None:
+    # A sweep a minute away: only the wake-up can make this quick.
+    app = item_app(make_settings(database_url, pool_size=5), sweep_s=60)
+    async with running(app) as client:
+        ids = await new_items(client, 3)
+        await eventually(lambda: not app.state.item_workers.running, what="idle workers")
+        await process_all(client, ids)
+        assert await wait_until_done(database_url, ids, timeout=5) < 5
+    assert_done_once(database_url, ids)
+
+
+async def test_the_sweep_takes_work_queued_through_another_instance(database_url: str) -> None:
+    settings = make_settings(database_url, pool_size=5)
+    front = item_app(settings, workers=0)  # answers HTTP only
+    back = item_app(settings, sweep_s=0.2)
+    async with running(front) as client, running(back):
+        ids = await new_items(client, 3)
+        await process_all(client, ids)
+        await wait_until_done(database_url, ids, timeout=10)
+        assert sample(front, "users_api_item_claims_total") == 0
+        assert sample(back, "users_api_item_claims_total") == 3
+    assert_done_once(database_url, ids)
