@@ -13,11 +13,11 @@ from fastapi_dbpool import (
     DatabaseSettings,
     configure_logging,
     health_router,
-    install_dashboard,
     install_metrics,
 )
 
 from . import item_queue
+from .config import database_settings, json_logs
 from .item_metrics import ItemMetrics, RefreshStatusBeforeScrape
 from .routes import items, users
 from .settings import ItemSettings
@@ -44,7 +44,7 @@ def create_app(
             for apps built in tests, where it would hide leaked objects from
             ``gc.collect()``.
     """
-    database = Database(settings)
+    database = Database(settings if settings is not None else database_settings())
     item_settings = item_settings if item_settings is not None else ItemSettings.from_env()
 
     @asynccontextmanager
@@ -74,8 +74,9 @@ def create_app(
     app.include_router(users.router)
     app.include_router(items.router)
     app.include_router(health_router())
-    metrics = install_metrics(app)  # GET /metrics; DB_METRICS=false turns it and the dashboard off
-    install_dashboard(app)  # GET /pool
+    metrics = install_metrics(
+        app
+    )  # GET /metrics and the /pool dashboard; DB_METRICS=false: neither
     item_metrics = ItemMetrics(
         metrics.registry if metrics is not None else None,
         multiprocess=metrics is not None and metrics.multiprocess_dir is not None,
@@ -90,7 +91,7 @@ def create_app(
             can_read=lambda: has_free_connection(database),
         )
     app.state.item_workers = ItemWorkers(database, item_settings, item_metrics)
-    if database.settings.log_json:
+    if json_logs():  # DB_LOG_JSON: one JSON object a line; otherwise the server's logging
         configure_logging(as_json=True, loggers=("fastapi_dbpool", "users_api"))
     return app
 
