@@ -1,21 +1,16 @@
 """Prometheus metrics of item processing, served with the pool's at ``GET /metrics``.
 
-======================================  =========  ===========================================
-Metric                                  Type       Meaning
-======================================  =========  ===========================================
-``users_api_items``                     gauge      Items in each ``status``, read from the
-                                                   database when /metrics is scraped.
-``users_api_item_claims_total``         counter    Items claimed by a worker.
-``users_api_item_lease_expiries_total`` counter    Claims that took over a lease that had run
-                                                   out (its worker died, hung or lost the
-                                                   database).
-``users_api_item_retries_total``        counter    Database steps retried after a transient
-                                                   failure, by ``step`` (claim, finish, fail).
-``users_api_item_failures_total``       counter    Items marked ``failed``, by ``reason``
-                                                   (``error``: processing raised;
-                                                   ``attempts``: ITEM_MAX_ATTEMPTS used up).
-``users_api_item_queued_to_done_seconds`` histogram  From the 202 (``queued``) to ``done``.
-======================================  =========  ===========================================
+- ``users_api_items{status}`` (gauge): items in each status, read from the database when
+  /metrics is scraped.
+- ``users_api_item_claims_total`` (counter): items claimed by a worker.
+- ``users_api_item_lease_expiries_total`` (counter): claims that took over a lease that
+  had run out (its worker died, hung or lost the database).
+- ``users_api_item_retries_total{step}`` (counter): database steps (claim, finish, fail)
+  retried after a transient failure.
+- ``users_api_item_failures_total{reason}`` (counter): items marked ``failed``
+  (``error``: processing raised; ``attempts``: ITEM_MAX_ATTEMPTS used up).
+- ``users_api_item_queued_to_done_seconds`` (histogram): from the 202 (``queued``) to
+  ``done``.
 
 They join the library's registry (``install_metrics(app).registry``), so they share its
 path, its token and, with ``PROMETHEUS_MULTIPROC_DIR``, its multiprocess files: the

@@ -68,10 +68,7 @@ _CLAIMABLE = (
     select(Item.id, Item.status, Item.attempts)
     .where(
         or_(
-            and_(
-                Item.status == "queued",
-                or_(Item.run_after.is_(None), Item.run_after <= bindparam("now")),
-            ),
+            Item.status == "queued",
             # A NULL lease on a processing row can only come from before the leases
             # (migration 0002): nobody holds it.
             and_(
@@ -92,7 +89,6 @@ _TAKE = (
         lease_token=bindparam("token"),
         lease_until=bindparam("until"),
         attempts=Item.attempts + 1,
-        run_after=None,
     )
     .returning(Item.description, Item.attempts, Item.queued_at)
 )
@@ -133,7 +129,6 @@ _RELEASE = (
         status="queued",
         lease_token=None,
         lease_until=None,
-        run_after=bindparam("after"),
         attempts=Item.attempts - bindparam("refund"),
     )
     .returning(Item.id)
@@ -208,21 +203,17 @@ async def fail(database: Database, lease: Lease, reason: str) -> bool:
     return bool(rows)
 
 
-async def release(
-    database: Database, lease: Lease, *, delay_s: float = 0.0, refund: bool = False
-) -> bool:
-    """Put the item back in the queue, for any instance, after *delay_s*; say if it was ours.
+async def release(database: Database, lease: Lease, *, refund: bool = False) -> bool:
+    """Put the item back in the queue, for any instance; say if it was ours.
 
     Args:
         database: The app's database.
         lease: The lease to give back.
-        delay_s: Seconds before the item may be claimed again.
         refund: Give the claim back too (shutdown: the attempt did not fail).
     """
-    after = utcnow() + timedelta(seconds=delay_s) if delay_s > 0 else None
     async with database.connection() as db:
         rows = await db.execute_committed(
-            _RELEASE, item_id=lease.item_id, token=lease.token, after=after, refund=int(refund)
+            _RELEASE, item_id=lease.item_id, token=lease.token, refund=int(refund)
         )
     return bool(rows)
 

@@ -92,7 +92,7 @@ class Item(Base):
     """Something a user owns, processed in the background.
 
     The row is also the item's place in the processing queue (see
-    docs/background-work.md): ``queued_at`` and ``run_after`` say when it may be taken,
+    docs/background-work.md): ``queued_at`` says when it was queued,
     ``lease_token`` and ``lease_until`` who holds it and until when, ``attempts`` how
     many claims the current request took, ``applications`` how many results were
     written (one per ``done``), ``error`` why it failed, in a few words.
@@ -116,7 +116,6 @@ class Item(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    run_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_token: Mapped[str | None] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -6,8 +6,8 @@ of :mod:`users_api.worker` take it from there, through the lease of
 
     pending ──process──▶ queued ──claim──▶ processing ──finish──▶ done
        ▲                  ▲  ▲                 │  │
-       │                  │  └── release ──────┘  │ (transient error, shutdown;
-       │                  │                       │  an expired lease is claimed again)
+       │                  │  └── release ──────┘  │ (shutdown; an expired lease is
+       │                  │                       │  claimed again, by any instance)
        └──── failed ◀─────┴── fail / ITEM_MAX_ATTEMPTS claims
              (may be processed again)
 
@@ -50,7 +50,6 @@ _CLAIM = (
         result=None,
         processed_at=None,
         queued_at=bindparam("now"),
-        run_after=None,
         lease_token=None,
         lease_until=None,
         attempts=0,

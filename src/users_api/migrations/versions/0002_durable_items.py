@@ -31,7 +31,6 @@ depends_on: str | Sequence[str] | None = None
 def _new_columns() -> list[sa.Column[Any]]:
     return [
         sa.Column("queued_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("run_after", sa.DateTime(timezone=True), nullable=True),
         sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("lease_token", sa.String(length=32), nullable=True),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
