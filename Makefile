@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest chaos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest  ## ruff, mypy --strict, and every test on SQLite and PostgreSQL
+
+# Item processing under kill -9: 200 items and 20 kills of two processes on PostgreSQL,
+# 10 kills on SQLite; prints the figures (a few minutes). make test runs a short variant.
+chaos: $(STAMP)  ## the long chaos runs of item processing (tests/reliability/test_item_chaos.py)
+	$(BIN)/pytest -m chaos tests/reliability/test_item_chaos.py -s $(PYTEST_ARGS)
 
 # Measures users_api against a raw-driver app, a SQLAlchemy async ORM app, the tutorial's
 # sync-session app and a no-database app, on PostgreSQL (BENCH_POSTGRES_URL, default

@@ -84,6 +84,8 @@ def _empty(url: str) -> None:
             else:
                 conn.execute(text("DELETE FROM items"))
                 conn.execute(text("DELETE FROM users"))
+                # AUTOINCREMENT's counters: ids start at 1 again, as RESTART IDENTITY does.
+                conn.execute(text("DELETE FROM sqlite_sequence"))
     finally:
         engine.dispose()
 

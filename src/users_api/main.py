@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -18,29 +16,36 @@ from fastapi_dbpool import (
     install_metrics,
 )
 
+from . import item_queue
 from .config import database_settings, json_logs
-from .processing import resume_stranded
+from .item_metrics import ItemMetrics, RefreshStatusBeforeScrape
 from .routes import items, users
-
-logger = logging.getLogger("users_api")
+from .settings import ItemSettings
+from .worker import ItemWorkers, has_free_connection
 
 # Largest request body accepted; the biggest valid one (an item) is about 41 kB.
 MAX_BODY_BYTES = 256 * 1024
 
 
 def create_app(
-    settings: DatabaseSettings | None = None, *, freeze_startup_heap: bool = False
+    settings: DatabaseSettings | None = None,
+    *,
+    item_settings: ItemSettings | None = None,
+    freeze_startup_heap: bool = False,
 ) -> FastAPI:
-    """Build the app; the database settings come from the environment when omitted.
+    """Build the app; the settings come from the environment when omitted.
 
     Args:
         settings: The database settings; from the environment when omitted.
+        item_settings: The ITEM_* settings of item processing; from the environment
+            when omitted.
         freeze_startup_heap: Once started, move every object that exists then out of
             the garbage collector's reach (``gc.freeze()``), for a server process. Off
             for apps built in tests, where it would hide leaked objects from
             ``gc.collect()``.
     """
     database = Database(settings if settings is not None else database_settings())
+    item_settings = item_settings if item_settings is not None else ItemSettings.from_env()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,13 +57,11 @@ def create_app(
             # bench/NOTES.md).
             gc.collect()
             gc.freeze()
-        resume = asyncio.create_task(_resume(database))
-        try:
+        # Nothing to reset at start-up: items left by a process that died are
+        # claimed again when their lease runs out, by this instance or another.
+        workers: ItemWorkers = app.state.item_workers
+        async with workers.run():
             yield
-        finally:
-            resume.cancel()
-            with suppress(asyncio.CancelledError):
-                await resume
 
     app = FastAPI(
         title="users_api",
@@ -71,20 +74,26 @@ def create_app(
     app.include_router(users.router)
     app.include_router(items.router)
     app.include_router(health_router())
-    install_metrics(app)  # GET /metrics and the /pool dashboard; DB_METRICS=false: neither
+    metrics = install_metrics(
+        app
+    )  # GET /metrics and the /pool dashboard; DB_METRICS=false: neither
+    item_metrics = ItemMetrics(
+        metrics.registry if metrics is not None else None,
+        multiprocess=metrics is not None and metrics.multiprocess_dir is not None,
+    )
+    if metrics is not None:
+        app.add_middleware(
+            RefreshStatusBeforeScrape,
+            path="/metrics",
+            metrics=item_metrics,
+            read=lambda: item_queue.count_by_status(database),
+            # Never take a connection a request is waiting for: keep the last counts.
+            can_read=lambda: has_free_connection(database),
+        )
+    app.state.item_workers = ItemWorkers(database, item_settings, item_metrics)
     if json_logs():  # DB_LOG_JSON: one JSON object a line; otherwise the server's logging
         configure_logging(as_json=True, loggers=("fastapi_dbpool", "users_api"))
     return app
-
-
-async def _resume(database: Database) -> None:
-    try:
-        await resume_stranded(database)
-    except asyncio.CancelledError:
-        raise
-    except Exception as error:
-        # The database may be down at start-up; stranded items wait for the next start.
-        logger.warning("could not resume stranded items: %s", type(error).__name__)
 
 
 app = create_app(freeze_startup_heap=True)

@@ -74,6 +74,10 @@ class User(Base):
     """Someone who owns items."""
 
     __tablename__ = "users"
+    # AUTOINCREMENT on SQLite: a deleted user's id is never given to a new user (without
+    # it SQLite reuses the highest id once that row is gone). PostgreSQL's sequences
+    # never reuse ids anyway.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -85,7 +89,14 @@ class User(Base):
 
 
 class Item(Base):
-    """Something a user owns, processed in the background."""
+    """Something a user owns, processed in the background.
+
+    The row is also the item's place in the processing queue (see
+    docs/background-work.md): ``queued_at`` says when it was queued,
+    ``lease_token`` and ``lease_until`` who holds it and until when, ``attempts`` how
+    many claims the current request took, ``applications`` how many results were
+    written (one per ``done``), ``error`` why it failed, in a few words.
+    """
 
     __tablename__ = "items"
     __table_args__ = (
@@ -94,6 +105,7 @@ class Item(Base):
         ),
         Index("ix_items_owner_id_id", "owner_id", "id"),
         Index("ix_items_status", "status"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -103,6 +115,12 @@ class Item(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    applications: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    error: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(
         UTCDateTime, default=utcnow, server_default=func.current_timestamp()
     )

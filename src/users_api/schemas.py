@@ -146,6 +146,9 @@ class ItemOut(BaseModel):
     description: str | None
     status: ItemStatus
     result: ItemResult | None
+    error: str | None = Field(
+        description="Why processing failed, in a few words (status failed); else null."
+    )
     processed_at: Timestamp | None
     created_at: Timestamp
 

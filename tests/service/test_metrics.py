@@ -113,7 +113,7 @@ async def test_waiting_and_timeouts_are_visible(database_url: str) -> None:
 
 
 async def start_up_work_done(database: Database) -> None:
-    """Wait for users_api's start-up task (resuming stranded items) to return its connection."""
+    """Wait for users_api's item workers' first claim to return its connection."""
     await eventually(lambda: database.pool_snapshot().checkouts_total, what="start-up work")
     await assert_pool_idle(database)
 

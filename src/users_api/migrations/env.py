@@ -45,9 +45,18 @@ async def _run_async() -> None:
     engine = create_async_engine(_url(), poolclass=pool.NullPool)
     try:
         async with engine.connect() as connection:
-            if connection.dialect.name == "sqlite":
-                await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # Off while migrating, as Alembic's batch mode needs: copying a table
+                # drops the old one, and with foreign keys on, dropping ``users``
+                # would first delete every row of ``items`` by the ON DELETE CASCADE.
+                # PRAGMA foreign_keys cannot change inside a transaction: set it first.
+                await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             await connection.run_sync(_run)
+            if sqlite:
+                broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                if broken:
+                    raise RuntimeError(f"migration left {len(broken)} dangling foreign key(s)")
             await connection.commit()
     finally:
         await engine.dispose()

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from fastapi_dbpool import (
     ConnectionDep,
-    DatabaseDep,
     ReadConnectionDep,
     ReadSessionDep,
     SessionDep,
 )
 
 from ..models import Item, User
-from ..processing import Claim, claim, process_item
+from ..processing import Claim, claim
 from ..schemas import INT32_MAX, ItemCreate, ItemOut, ItemStatus, ItemUpdate, ProcessAccepted
+from ..worker import WorkersDep
 
 router = APIRouter(prefix="/items", tags=["items"])
 
@@ -126,20 +126,20 @@ async def delete_item(item_id: ItemId, session: SessionDep) -> None:
     response_model=ProcessAccepted,
     responses={404: {"description": "No such item"}, 409: {"description": "Already done"}},
 )
-async def process(
-    item_id: ItemId, db: ConnectionDep, database: DatabaseDep, tasks: BackgroundTasks
-) -> ProcessAccepted:
+async def process(item_id: ItemId, db: ConnectionDep, workers: WorkersDep) -> ProcessAccepted:
     """Queue the item for processing; the 202 is sent after ``queued`` is committed.
 
     Asking again while it is queued or processing is accepted without a second run;
-    once it is done, 409.
+    once it is done, 409. A worker of this process is woken at once; the item is in the
+    database, so any instance's worker may take it (see docs/background-work.md).
     """
     found, now = await claim(db, item_id)
     if found is Claim.MISSING:
         raise _not_found(item_id)
     if found is Claim.DONE:
         raise HTTPException(status.HTTP_409_CONFLICT, f"item {item_id} is already processed")
-    if found is Claim.QUEUED:
-        # Runs after the response, so after the claim's commit: the task sees "queued".
-        tasks.add_task(process_item, database, item_id)
+    # The claim is committed (execute_committed), so a woken worker sees "queued". A
+    # repeat wakes them too: cheap, and it brings an item queued during an outage
+    # forward without waiting for the sweep.
+    workers.wake()
     return ProcessAccepted.model_validate({"id": item_id, "status": now})
