@@ -177,8 +177,11 @@ class Database:
         """Attach to a FastAPI/Starlette *app*: lifespan, app state and error responses.
 
         The app's own lifespan keeps working: the engine starts before it and stops
-        after it, so the app's start-up code can already use the database.
+        after it, so the app's start-up code can already use the database. At shutdown,
+        requests still running ``SHUTDOWN_GRACE_S`` after SIGTERM are answered 503
+        (see ``_shutdown.py``).
         """
+        from ._shutdown import install_shutdown_guard
         from .responses import install_error_handlers
 
         app.state.fastapi_dbpool = self
@@ -191,6 +194,7 @@ class Database:
 
         app.router.lifespan_context = lifespan
         install_error_handlers(app)
+        install_shutdown_guard(app)
 
     # -- sessions -----------------------------------------------------------------------
 
