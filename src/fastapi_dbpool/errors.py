@@ -71,3 +71,12 @@ class ConnectFailed(DatabaseUnavailable):
 
 class StatementTimeout(DatabaseUnavailable):
     """The server cancelled a statement that ran longer than DB_STATEMENT_TIMEOUT_MS."""
+
+
+class InheritedAcrossFork(DatabaseNotStarted):
+    """The database was started in a parent process and is used in a forked child.
+
+    Pooled connections are sockets: shared by two processes, their bytes interleave.
+    Each worker must start its own engine after the fork (``Database.install(app)``
+    does, in the app's lifespan).
+    """
