@@ -37,6 +37,7 @@ from sqlalchemy.sql.selectable import CompoundSelect, Select, TextualSelect
 from sqlalchemy.util import LRUCache, greenlet_spawn
 
 from ._cleanup import run_to_completion
+from ._no_answer import is_no_answer, no_answer_error
 from ._postgres import local_statement_timeout
 from ._sqlite_interrupt import arm_deadline
 from .errors import TransactionOpen, WriteInReadSession
@@ -444,6 +445,11 @@ class DirectConnection:
         """Raise the driver's *error* as the SQLAlchemy exception a session would raise."""
         if isinstance(error, sa_exc.SQLAlchemyError | WriteInReadSession):
             return error
+        if is_no_answer(error):
+            # The server never answered (see _no_answer.py): discard the connection.
+            timed_out = no_answer_error(self._database.settings)
+            self._broken = timed_out
+            return timed_out
         dialect = self._database.engine.dialect
         dbapi_error_class = dialect.loaded_dbapi.Error
         translated: Exception = error

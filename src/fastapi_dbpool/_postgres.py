@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from ._no_answer import command_timeout
 from .settings import DatabaseSettings
 
 __all__ = ["connect_args", "install_statement_timeout", "local_statement_timeout"]
@@ -50,6 +51,9 @@ def connect_args(settings: DatabaseSettings, application_name: str) -> dict[str,
         }
     elif settings.statement_timeout_ms:
         server_settings["statement_timeout"] = str(settings.statement_timeout_ms)
+    deadline = command_timeout(settings)
+    if deadline is not None:
+        args["command_timeout"] = deadline  # when no answer comes at all (_no_answer.py)
     return args
 
 

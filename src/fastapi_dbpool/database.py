@@ -23,6 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from ._cleanup import run_to_completion, wait_for_pending_cleanups
 from ._direct import DirectConnection, StatementCache, close_direct
+from ._no_answer import install_no_answer
 from ._ping import install_idle_ping
 from ._pool import MonitoredPool, PoolMonitor, PoolSnapshot
 from ._postgres import connect_args as postgres_connect_args
@@ -150,6 +151,7 @@ class Database:
             install_statement_guard(engine.sync_engine, settings.statement_timeout_ms)
         else:
             install_statement_timeout(engine.sync_engine, settings)
+            install_no_answer(engine.sync_engine, settings)
         self._engine = engine
         self._started_pid = os.getpid()
         _STARTED.add(self)

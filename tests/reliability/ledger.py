@@ -163,8 +163,13 @@ class Ledger:
             for status, n in sorted(self.statuses.items(), key=lambda kv: str(kv[0]))
         )
         failed = Counter(f"{e.op} {e.status or e.error}" for e in self.entries if not e.ok)
+        seconds = self.seconds or (
+            max(e.ended for e in self.entries) - min(e.started for e in self.entries)
+            if self.entries
+            else 0.0
+        )
         return (
-            f"{title}{len(self.entries)} requests in {self.seconds:.1f} s "
+            f"{title}{len(self.entries)} requests in {seconds:.1f} s "
             f"({statuses}); writes acknowledged {len(self.acknowledged)}, "
             f"unknown outcome {len(self.unknown)}; slowest {self.slowest():.2f} s"
             + (f"; failures {dict(failed)}" if failed else "")

@@ -5,7 +5,7 @@ the proxy to the server, and the test decides what the network does::
 
     with FaultProxy(("127.0.0.1", cluster.port)) as proxy:
         url = proxy.url_for(database_url)  # the same database, through the proxy
-        proxy.delay(500)                    # every chunk waits 500 ms each way
+        proxy.delay(500)                    # every answer from the server waits 500 ms
         proxy.blackhole()                   # accept, read, never answer, never close
         proxy.reset()                       # cut every connection now (RST)
         proxy.restore()                     # pass again; black-holed links are cut
@@ -23,6 +23,7 @@ import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ __all__ = ["FaultProxy"]
 CHUNK = 65536
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: links live in a set
 class _Link:
     """One client connection and its upstream twin."""
 
@@ -79,7 +80,7 @@ class FaultProxy:
         self._call(self._set_mode, "pass", 0.0)
 
     def delay(self, ms: float) -> None:
-        """Hold every chunk *ms* milliseconds before forwarding it, in both directions."""
+        """Hold every chunk from the server *ms* milliseconds: each round trip is *ms* longer."""
         self._call(self._set_mode, "pass", ms / 1000)
 
     def blackhole(self) -> None:
@@ -172,9 +173,10 @@ class FaultProxy:
             if writer is None:
                 continue
             sock = writer.get_extra_info("socket")
-            if sock is not None:
+            if sock is not None and not writer.transport.is_closing():
                 # SO_LINGER 0: close() sends RST, as a crashed host or a firewall does.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                with suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
         for task in link.tasks:
             if task is not asyncio.current_task():
@@ -200,12 +202,17 @@ class FaultProxy:
             return
         link.upstream = up_writer
         link.tasks = [
-            asyncio.create_task(self._pump(link, reader, up_writer)),
-            asyncio.create_task(self._pump(link, up_reader, writer)),
+            asyncio.create_task(self._pump(link, reader, up_writer, delayed=False)),
+            asyncio.create_task(self._pump(link, up_reader, writer, delayed=True)),
         ]
 
     async def _pump(
-        self, link: _Link, source: asyncio.StreamReader, sink: asyncio.StreamWriter
+        self,
+        link: _Link,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        *,
+        delayed: bool,
     ) -> None:
         assert self._flowing is not None
         try:
@@ -216,7 +223,7 @@ class FaultProxy:
                 if self.mode == "blackhole":
                     link.corrupted = True  # dropped: the peer never sees these bytes
                     continue
-                if self.delay_s:
+                if delayed and self.delay_s:
                     await asyncio.sleep(self.delay_s)
                 if self.mode == "blackhole":
                     link.corrupted = True
