@@ -30,7 +30,7 @@ FULL = os.environ.get("RELIABILITY_FULL") == "1"
 POOL_TIMEOUT_S = 2
 CONNECT_TIMEOUT_S = 2
 # What the loaded machine may add to a deadline before a request counts as hung.
-MARGIN_S = 2.0
+MARGIN_S = 3.0
 
 
 def scaled(short: float, full: float) -> float:

@@ -18,13 +18,11 @@ Figures: ``.venv/bin/pytest tests/reliability/test_network.py -s``
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass, field
 
-import httpx
 import pytest
 
 from tests.reliability.conftest import CONNECT_TIMEOUT_S, MARGIN_S, POOL_TIMEOUT_S, base_env, scaled
+from tests.reliability.faults import Readiness
 from tests.reliability.ledger import Ledger, Load, seed_users
 from tests.reliability.proxy import FaultProxy
 from tests.servers import USERS_API, uvicorn_server
@@ -38,30 +36,6 @@ PROBE_TIMEOUT_S = 1.0  # health_router's default
 # a statement that gets no answer, and closing the dead connection (SQLAlchemy gives
 # a graceful close 2 s before it drops the socket).
 DEADLINE_S = POOL_TIMEOUT_S + NO_ANSWER_S + CONNECT_TIMEOUT_S + NO_ANSWER_S + 2
-
-
-@dataclass
-class Readiness:
-    """``GET /health/ready`` polled every 100 ms: (seconds since start, status) pairs."""
-
-    url: str
-    t0: float
-    samples: list[tuple[float, int | None]] = field(default_factory=list)
-
-    async def poll(self, stop: asyncio.Event) -> None:
-        async with httpx.AsyncClient(base_url=self.url, timeout=10) as client:
-            while not stop.is_set():
-                try:
-                    status: int | None = (await client.get("/health/ready")).status_code
-                except httpx.HTTPError:
-                    status = None
-                self.samples.append((time.monotonic() - self.t0, status))
-                await asyncio.wait([asyncio.ensure_future(stop.wait())], timeout=0.1)
-
-    def first(self, status: int, after: float) -> float | None:
-        """Seconds from *after* to the first probe answered *status* that started later."""
-        times = [at for at, got in self.samples if got == status and at >= after]
-        return min(times) - after if times else None
 
 
 async def test_slow_then_black_holed_network(proxy: FaultProxy, app_database: str) -> None:

@@ -11,53 +11,16 @@ Figures: ``.venv/bin/pytest tests/reliability/test_restart.py -s``
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from tests.pgcluster import PgCluster
 from tests.reliability.conftest import CONNECT_TIMEOUT_S, MARGIN_S, POOL_TIMEOUT_S, base_env, scaled
-from tests.reliability.ledger import Ledger, Load, seed_users
+from tests.reliability.faults import assert_recovered, restarts_under_load
 from tests.servers import USERS_API, uvicorn_server
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.slow, pytest.mark.timing]
 
 DEADLINE_S = POOL_TIMEOUT_S + CONNECT_TIMEOUT_S
-RECOVERY_S = 1.0
-
-
-async def restarts_under_load(
-    cluster: PgCluster, base_url: str, *, restarts: int, outage_s: float, between_s: float
-) -> tuple[Ledger, list[tuple[float, float]]]:
-    """Load *base_url* while the server goes down *restarts* times; the ledger and outages."""
-    user_ids = await asyncio.to_thread(seed_users, base_url, 20)
-    load = Load(base_url, user_ids, clients=20, timeout=DEADLINE_S + 10)
-    run = asyncio.create_task(load.run(seconds=3600))
-    outages = []
-    try:
-        for _ in range(restarts):
-            await load.until(requests=len(load.ledger.entries) + 200, timeout=between_s * 4)
-            await asyncio.sleep(between_s)  # the load's own pace between two outages
-            down = load.now()
-            await asyncio.to_thread(cluster.stop, "fast")
-            await asyncio.sleep(outage_s)  # how long the server stays down
-            await asyncio.to_thread(cluster.start)
-            outages.append((down, load.now()))
-        await asyncio.sleep(between_s)
-    finally:
-        load.stop()
-        ledger = await run
-    return ledger, outages
-
-
-def assert_recovered(ledger: Ledger, outages: list[tuple[float, float]], report: str) -> None:
-    """Back to 2xx within RECOVERY_S of each return, and only 2xx after that."""
-    for index, (_, up) in enumerate(outages):
-        first = ledger.first_ok_after(up)
-        assert first is not None and first <= RECOVERY_S, report
-        end = outages[index + 1][0] if index + 1 < len(outages) else float("inf")
-        after = [e for e in ledger.between(up + RECOVERY_S, end) if not e.ok]
-        assert after == [], f"{report}\nerrors after recovery: {after[:5]}"
 
 
 async def test_restart_under_mixed_load(pg_cluster: PgCluster, app_database: str) -> None:
@@ -69,6 +32,7 @@ async def test_restart_under_mixed_load(pg_cluster: PgCluster, app_database: str
             restarts=int(scaled(1, 5)),
             outage_s=scaled(2, 5),
             between_s=scaled(2, 8),
+            timeout=DEADLINE_S + 10,
         )
         server.stop()
         log = server.log()
