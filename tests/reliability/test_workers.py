@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from fastapi_dbpool import Database
-from fastapi_dbpool._startup_check import check_budget
+from fastapi_dbpool.ops.startup_check import check_budget
 from tests.backends import ROOT
 from tests.conftest import make_settings
 from tests.pgcluster import PgCluster
