@@ -37,7 +37,7 @@ def backends_started(database_url: str) -> set[int]:
 
 
 async def test_recycle_churn_gives_no_error(pg_cluster: PgCluster, app_database: str) -> None:
-    seconds = scaled(12, 30)
+    seconds = scaled(8, 30)
     env = base_env(app_database, DB_POOL_RECYCLE=str(RECYCLE_S))
     seen: set[int] = set()
     with uvicorn_server(USERS_API, env, access_log=False) as server:

@@ -37,10 +37,12 @@ async def test_crash_mid_write_loses_no_acknowledged_write(
         try:
             for _ in range(crashes):
                 # Crash while writes are in flight: after a few hundred have been answered.
-                await load.until(requests=len(load.ledger.entries) + 300, timeout=60)
+                await load.until(
+                    requests=len(load.ledger.entries) + int(scaled(150, 300)), timeout=60
+                )
                 await asyncio.to_thread(pg_cluster.stop, "immediate")
                 await asyncio.to_thread(pg_cluster.start)  # crash recovery, then accepting
-            await load.until(requests=len(load.ledger.entries) + 200, timeout=60)
+            await load.until(requests=len(load.ledger.entries) + 100, timeout=60)
         finally:
             load.stop()
             ledger = await run

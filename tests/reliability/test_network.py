@@ -39,9 +39,9 @@ DEADLINE_S = POOL_TIMEOUT_S + NO_ANSWER_S + CONNECT_TIMEOUT_S + NO_ANSWER_S + 2
 
 
 async def test_slow_then_black_holed_network(proxy: FaultProxy, app_database: str) -> None:
-    slow_s = scaled(3, 10)
+    slow_s = scaled(2, 10)
     blackhole_s = scaled(5, 10)
-    after_s = scaled(4, 10)
+    after_s = scaled(3, 10)
     env = base_env(proxy.url_for(app_database), DB_STATEMENT_TIMEOUT_MS=str(STATEMENT_TIMEOUT_MS))
     with uvicorn_server(USERS_API, env, access_log=False) as server:
         user_ids = await asyncio.to_thread(seed_users, server.url, 20)

@@ -67,7 +67,7 @@ async def test_restart_behind_pgbouncer(pg_cluster: PgCluster, app_database: str
             server.url,
             restarts=int(scaled(1, 3)),
             outage_s=scaled(2, 5),
-            between_s=scaled(2, 8),
+            between_s=scaled(4, 8),
             timeout=DEADLINE_S + 30,
         )
         server.stop()
@@ -86,8 +86,9 @@ async def test_restart_behind_pgbouncer(pg_cluster: PgCluster, app_database: str
     for _, up in outages:
         first = ledger.first_ok_after(up)
         assert first is not None and first <= 1 + NO_ANSWER_S + MARGIN_S, report
-    settled = ledger.between(outages[-1][1] + 1 + DEADLINE_S, float("inf"))
-    assert all(e.ok for e in settled), report
+    # PgBouncer's login retry (1 s) and the requests caught in the outage are over.
+    settled = ledger.between(outages[-1][1] + 1 + NO_ANSWER_S, float("inf"))
+    assert settled and all(e.ok for e in settled), report
     assert ledger.lost_writes(app_database) == [], report
     assert ledger.phantom_writes(app_database) == [], report
     assert "Traceback" not in log, log[-3000:]
@@ -165,7 +166,7 @@ async def test_blackhole_behind_pgbouncer(
             await asyncio.sleep(blackhole_s)  # how long the server stays unreachable
             await asyncio.to_thread(proxy.restore)
             back_at = load.now()
-            await asyncio.sleep(DEADLINE_S + 3)  # the stuck requests end, then all is 2xx
+            await asyncio.sleep(scaled(5, 10))  # the load after the return
         finally:
             load.stop()
             ledger = await run
@@ -191,7 +192,8 @@ async def test_blackhole_behind_pgbouncer(
     assert ready_200 is not None and ready_200 <= 1 + 1.5 + MARGIN_S, (
         f"{report}\n{bouncer_log[-3000:]}\n{log[-3000:]}\n{readiness.samples}"
     )
-    settled = ledger.between(back_at + 1 + DEADLINE_S, float("inf"))
+    # The links stuck in the blackhole are cut as it ends; 2 s later all is 2xx.
+    settled = ledger.between(back_at + 2, float("inf"))
     assert settled and all(e.ok for e in settled), report
     assert ledger.lost_writes(app_database) == [], report
     assert "Traceback" not in log, log[-3000:]

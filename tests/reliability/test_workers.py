@@ -74,8 +74,8 @@ def make_run(env: dict[str, str], workers: int, log: Path) -> Iterator[str]:
 async def test_four_workers_stay_within_the_budget(
     pg_cluster: PgCluster, app_database: str, tmp_path: Path
 ) -> None:
-    clients = int(scaled(60, 200))
-    seconds = scaled(8, 30)
+    clients = int(scaled(40, 200))
+    seconds = scaled(6, 30)
     # Waits for a connection are expected at 200 clients on 4 x 5 connections; a
     # generous pool timeout keeps them waits, not 503s.
     env = base_env(app_database, DB_POOL_SIZE=str(POOL_SIZE), DB_POOL_TIMEOUT="20")
