@@ -247,7 +247,14 @@ class Load:
     async def run(self, seconds: float) -> Ledger:
         """Send requests for *seconds* (or until :meth:`stop`); return the ledger."""
         self._t0 = time.monotonic()
-        limits = httpx.Limits(max_connections=self.clients, max_keepalive_connections=self.clients)
+        # Idle connections are dropped after 2 s, before uvicorn's keep-alive timeout (5 s)
+        # closes them: a request sent as the server closes its connection fails with a
+        # ReadError that says nothing about the app.
+        limits = httpx.Limits(
+            max_connections=self.clients,
+            max_keepalive_connections=self.clients,
+            keepalive_expiry=2,
+        )
         async with httpx.AsyncClient(
             base_url=self.base_url, timeout=self.timeout, limits=limits
         ) as client:
