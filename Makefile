@@ -5,8 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Worker processes (each with its own pool); WEB_CONCURRENCY is the usual way to say it.
+WORKERS ?= $(or $(WEB_CONCURRENCY),1)
+# Seconds requests in flight get after SIGTERM before the app answers them 503; uvicorn
+# cancels what still runs SHUTDOWN_GRACE_S + 5 s after SIGTERM (see docs/reliability.md).
+SHUTDOWN_GRACE_S ?= 5
 
-.PHONY: run test lint typecheck pytest chaos bench clean
+.PHONY: run test lint typecheck pytest chaos bench reliability fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +28,9 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 
 run: $(STAMP)  ## migrate the database named by DATABASE_URL and serve on http://$(HOST):$(PORT)
 	$(BIN)/alembic upgrade head
-	$(BIN)/uvicorn users_api.main:app --host $(HOST) --port $(PORT)
+	WEB_CONCURRENCY=$(WORKERS) SHUTDOWN_GRACE_S=$(SHUTDOWN_GRACE_S) $(BIN)/uvicorn users_api.main:app \
+		--host $(HOST) --port $(PORT) --workers $(WORKERS) \
+		--timeout-graceful-shutdown $(shell echo $$(( $(SHUTDOWN_GRACE_S) + 5 )))
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests $(wildcard bench)
@@ -49,6 +56,11 @@ chaos: $(STAMP)  ## the long chaos runs of item processing (tests/reliability/te
 # BENCH_QUICK=1: a short run that checks it all works, written to bench/results/tmp/.
 bench: $(BENCH_STAMP)  ## benchmark; see bench/NOTES.md
 	BENCH_QUICK=$(BENCH_QUICK) $(BIN)/python -m bench
+
+# The fault scenarios in full (restart, crash, killed backends, network, churn, workers,
+# shutdown, PgBouncer), each printing its figures; `make test` runs a short variant of each.
+reliability: $(STAMP)  ## fault scenarios, full length (~15 min); see docs/reliability.md
+	RELIABILITY_FULL=1 $(BIN)/pytest tests/reliability -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache users_api.db*

@@ -28,7 +28,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,6 +78,7 @@ class PgBouncer:
         pool_size: Server connections per database and user (``default_pool_size``).
         admin_users: Users allowed on the admin console (``SHOW CONFIG``), comma-separated.
         upstream: A URL of the PostgreSQL server to pool connections to.
+        options: More ``[pgbouncer]`` settings, e.g. ``{"server_login_retry": "1"}``.
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class PgBouncer:
         pool_size: int = 5,
         admin_users: str = "",
         upstream: str = ADMIN_URL,
+        options: Mapping[str, str] | None = None,
     ) -> None:
         self.binary = require_pgbouncer()
         target = make_url(upstream)
@@ -106,6 +108,7 @@ class PgBouncer:
             f"pool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\n"
             f"admin_users = {admin_users}\nmax_client_conn = 200\n"
             f"logfile = {self.logfile}\npidfile = {self.root / 'pgbouncer.pid'}\n"
+            + "".join(f"{key} = {value}\n" for key, value in (options or {}).items())
         )
         self.process: subprocess.Popen[bytes] | None = None
 

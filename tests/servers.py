@@ -86,6 +86,7 @@ def uvicorn_server(
     access_log: bool = True,
     log_path: Path | None = None,
     timeout: float = 60,
+    graceful_timeout: int = 10,
 ) -> Iterator[UvicornServer]:
     """Serve *app* (``module:attribute``) with *env* on top of os.environ until the block ends.
 
@@ -98,6 +99,9 @@ def uvicorn_server(
         log_path: Where the log goes and stays after the block; by default a temporary
             file deleted after the block.
         timeout: Seconds to wait for ``GET /health/live`` to answer 200.
+        graceful_timeout: uvicorn's ``--timeout-graceful-shutdown``: after SIGTERM, the
+            seconds before it cancels the requests still running. Longer than the app's
+            ``SHUTDOWN_GRACE_S`` (5 by default), which answers them 503 first.
 
     Raises:
         RuntimeError: The server exited or did not answer in time (its log attached).
@@ -108,7 +112,7 @@ def uvicorn_server(
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         # Info level: "Application startup complete" tells when every worker is up.
         "--log-level", "info", *([] if access_log else ["--no-access-log"]),
-        "--timeout-graceful-shutdown", "5",
+        "--timeout-graceful-shutdown", str(graceful_timeout),
     ]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="dbpool-uvicorn-") as tmp:
         path = log_path or Path(tmp) / "server.log"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Concatenate, ParamSpec, TypeVar
@@ -20,13 +22,14 @@ from sqlalchemy.pool import NullPool
 from starlette.requests import HTTPConnection
 
 from ._app import STATE_KEY, database_of
-from .errors import DatabaseNotStarted
+from .errors import DatabaseNotStarted, InheritedAcrossFork
 from .observe.leaks import watch_for_leaks
 from .ops.startup_check import cancel_budget_check, schedule_budget_check
 from .pool.cleanup import wait_for_pending_cleanups
 from .pool.monitor import PoolMonitor, PoolSnapshot
 from .pool.ping import install_idle_ping
 from .pool.queue_pool import MonitoredPool
+from .postgres.no_answer import install_no_answer
 from .postgres.options import connect_args as postgres_connect_args
 from .postgres.options import install_statement_timeout
 from .postgres.replica import ReplicaRouter
@@ -48,6 +51,18 @@ logger = logging.getLogger("fastapi_dbpool")
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+
+# Databases with a running engine in this process, so that a fork can mark them.
+_STARTED: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _mark_inherited() -> None:
+    # In the child, just after fork(): the engines came from the parent.
+    for database in list(_STARTED):
+        database._inherited = True
+
+
+os.register_at_fork(after_in_child=_mark_inherited)
 
 
 class Database:
@@ -106,6 +121,9 @@ class Database:
             else None
         )
         self._replicas = ReplicaRouter(self.replica, self.settings.replica_retry_s)
+        # Started in another process that forked this one (see _mark_inherited).
+        self._inherited = False
+        self._started_pid: int | None = None
 
     def __repr__(self) -> str:
         state = "started" if self._engine is not None else "stopped"
@@ -124,7 +142,10 @@ class Database:
 
         Raises:
             DatabaseNotStarted: outside the app's lifespan.
+            InheritedAcrossFork: the engine was started in the parent of this process.
         """
+        if self._inherited:
+            raise self._inherited_error()
         if self._engine is None:
             raise DatabaseNotStarted(
                 f"database {self.name!r} is not started: use it inside the app's lifespan "
@@ -137,7 +158,12 @@ class Database:
 
         A database that is down at start-up leaves the app serving, and not ready,
         until it is back.
+
+        Raises:
+            InheritedAcrossFork: it was started in the process this one forked from.
         """
+        if self._inherited:
+            raise self._inherited_error()
         if self._engine is not None:
             return
         settings = self.settings
@@ -153,7 +179,10 @@ class Database:
             install_statement_guard(engine.sync_engine, settings.statement_timeout_ms)
         else:
             install_statement_timeout(engine.sync_engine, settings)
+            install_no_answer(engine.sync_engine, settings)
         self._engine = engine
+        self._started_pid = os.getpid()
+        _STARTED.add(self)
         self._loop = asyncio.get_running_loop()
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         read_engine = engine.execution_options(**self._read_only_options())
@@ -174,9 +203,17 @@ class Database:
             await self.replica.start()
 
     async def stop(self) -> None:
-        """Dispose of the engine, closing every pooled connection."""
+        """Dispose of the engine, closing every pooled connection.
+
+        In a forked child the inherited engine is dropped without closing its
+        connections, which belong to the parent.
+        """
+        if self._inherited:
+            self._forget_inherited()
+            return
         if self.replica is not None:
             await self.replica.stop()
+        _STARTED.discard(self)
         check, self._budget_check = self._budget_check, None
         await cancel_budget_check(check)
         engine, probe, sync = self._engine, self._probe_engine, self._sync
@@ -194,6 +231,26 @@ class Database:
         if engine is not None:
             logger.debug("database stopped", extra={"pool": self.name, "event": "stop"})
 
+    def _inherited_error(self) -> InheritedAcrossFork:
+        return InheritedAcrossFork(
+            f"database {self.name!r} was started in process {self._started_pid} and is used "
+            f"in process {os.getpid()}, a fork of it: pooled connections cannot be shared "
+            "between processes. Start it in each worker after the fork: Database.install(app)"
+            " does so in the app's lifespan; do not start it at import time (with gunicorn,"
+            " not before the workers fork, e.g. under --preload)"
+        )
+
+    def _forget_inherited(self) -> None:
+        # The parent's sockets: closing them here would close them for the parent too.
+        # Dropping the references is what SQLAlchemy's dispose(close=False) amounts to.
+        self._engine = self._probe_engine = self._sync = None
+        self._sessions = self._read_sessions = None
+        self._statements = None
+        self._budget_check = None
+        self._inherited = False
+        if self.replica is not None:
+            self.replica._forget_inherited()
+
     async def __aenter__(self) -> Database:
         await self.start()
         return self
@@ -205,8 +262,11 @@ class Database:
         """Attach to a FastAPI/Starlette *app*: lifespan, app state and error responses.
 
         The app's own lifespan keeps working: the engine starts before it and stops
-        after it, so the app's start-up code can already use the database.
+        after it, so the app's start-up code can already use the database. At shutdown,
+        requests still running ``SHUTDOWN_GRACE_S`` after SIGTERM are answered 503
+        (see ``request/shutdown.py``).
         """
+        from .request.shutdown import install_shutdown_guard
         from .responses import install_error_handlers
 
         setattr(app.state, STATE_KEY, self)
@@ -219,6 +279,7 @@ class Database:
 
         app.router.lifespan_context = lifespan
         install_error_handlers(app)
+        install_shutdown_guard(app)
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -249,7 +310,7 @@ class Database:
 
     def _session(self, read_only: bool) -> AbstractAsyncContextManager[AsyncSession]:
         factory = self._read_sessions if read_only else self._sessions
-        if factory is None:
+        if factory is None or self._inherited:
             self.engine  # noqa: B018 - raises DatabaseNotStarted with the reason
             raise AssertionError("unreachable")
         return session_unit(factory, read_only=read_only)

@@ -76,3 +76,12 @@ class StatementTimeout(DatabaseUnavailable):
 
 class DirectConnectionMisuse(DBPoolError, TypeError):
     """A statement a direct connection cannot run as written; the message says what to write."""
+
+
+class InheritedAcrossFork(DatabaseNotStarted):
+    """The database was started in a parent process and is used in a forked child.
+
+    Pooled connections are sockets: shared by two processes, their bytes interleave.
+    Each worker must start its own engine after the fork (``Database.install(app)``
+    does, in the app's lifespan).
+    """

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .._app import database_of
+from ..pool.cleanup import hand_off
 
 if TYPE_CHECKING:
     from ..database import Database
@@ -78,25 +79,41 @@ class HealthReport:
 
 
 async def probe_database(database: Database, timeout: float = DEFAULT_PROBE_TIMEOUT) -> Check:
-    """Run ``SELECT 1`` on a dedicated connection, giving up after *timeout* seconds."""
+    """Run ``SELECT 1`` on a dedicated connection; report failure after *timeout* seconds.
+
+    The answer comes at *timeout* at the latest: a probe that got no answer is
+    abandoned, and its connection closed in the background (closing a connection to
+    a server that does not answer takes SQLAlchemy another 2 s).
+    """
     if not database.started:
         return Check("database", False, "not started")
     started = time.perf_counter()
+    probe = asyncio.ensure_future(_select_one(database))
     try:
-        async with asyncio.timeout(timeout):
-            async with database.probe_engine.connect() as conn:
-                # Read-only: on SQLite a default transaction begins IMMEDIATE and would
-                # queue the probe behind (and then ahead of) the app's writers.
-                await conn.execution_options(**database._read_only_options())
-                await conn.execute(text("SELECT 1"))
-    except TimeoutError:
+        done, _ = await asyncio.wait({probe}, timeout=timeout)
+    except asyncio.CancelledError:
+        probe.cancel()
+        hand_off(probe)
+        raise
+    if not done:
+        probe.cancel()
+        hand_off(probe)
         reason = f"no answer within {timeout:g} s"
         _log_failure(database, reason, "TimeoutError", started)
         return Check("database", False, reason)
-    except Exception as error:  # any failure means "not ready"; details go to the log only
+    error = probe.exception()
+    if error is not None:  # any failure means "not ready"; details go to the log only
         _log_failure(database, "unreachable", type(error).__name__, started)
         return Check("database", False, "unreachable")
     return Check("database", True)
+
+
+async def _select_one(database: Database) -> None:
+    async with database.probe_engine.connect() as conn:
+        # Read-only: on SQLite a default transaction begins IMMEDIATE and would
+        # queue the probe behind (and then ahead of) the app's writers.
+        await conn.execution_options(**database._read_only_options())
+        await conn.execute(text("SELECT 1"))
 
 
 def _log_failure(database: Database, reason: str, error: str, started: float) -> None:

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["run_to_completion"]
+__all__ = ["hand_off", "run_to_completion", "wait_for_pending_cleanups"]
 
 # Strong references: the event loop keeps only weak ones to tasks.
 _running: set[asyncio.Task[Any]] = set()
@@ -27,6 +27,18 @@ async def run_to_completion(cleanup: Coroutine[Any, Any, None]) -> None:
     _running.add(task)
     task.add_done_callback(_running.discard)
     await asyncio.shield(task)
+
+
+def hand_off(task: asyncio.Task[Any]) -> None:
+    """Let *task* finish in the background; :meth:`Database.stop` waits for it.
+
+    For work abandoned by a caller that could not wait (a probe past its timeout whose
+    connection is still closing). The task's error, if any, is retrieved and dropped:
+    the caller has already reported the failure.
+    """
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 async def wait_for_pending_cleanups(timeout: float) -> None:

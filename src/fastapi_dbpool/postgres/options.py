@@ -30,6 +30,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from ..settings import DatabaseSettings
+from .no_answer import command_timeout
 
 __all__ = ["connect_args", "install_statement_timeout", "local_statement_timeout"]
 
@@ -50,6 +51,9 @@ def connect_args(settings: DatabaseSettings, application_name: str) -> dict[str,
         }
     elif settings.statement_timeout_ms:
         server_settings["statement_timeout"] = str(settings.statement_timeout_ms)
+    deadline = command_timeout(settings)
+    if deadline is not None:
+        args["command_timeout"] = deadline  # when no answer comes at all (_no_answer.py)
     return args
 
 

@@ -40,6 +40,7 @@ from sqlalchemy.util import LRUCache
 from .._compat import greenlet_spawn
 from ..errors import DirectConnectionMisuse, TransactionOpen, WriteInReadSession
 from ..pool.cleanup import run_to_completion
+from ..postgres.no_answer import is_no_answer, no_answer_error
 from ..postgres.options import local_statement_timeout
 from ..sqlite.interrupt import arm_deadline
 
@@ -325,10 +326,7 @@ class DirectConnection:
                 # The pooled connection was dead (server restart, idle timeout): nothing
                 # was done on it yet, so do it once on a fresh one, as pre-ping would.
                 await self._release(invalidate=translated)
-                await self._checkout()
-                if self._needs_transaction:
-                    await self._begin()
-                return plan.rows(await self._run(plan.sql, args))
+                return await self._retry(plan, args)
             if self._database.settings.pgbouncer and _refused_before_sync(error):
                 # asyncpg sends Parse/Describe with a Flush, and refused the arguments
                 # before the Bind and its Sync: the server is left mid-query. Directly
@@ -345,6 +343,35 @@ class DirectConnection:
             # a cancellation the same way. On SQLite the invalidation stops the statement
             # and releases the write lock (see _sqlite_interrupt.py).
             self._broken = error
+            raise
+
+    async def _retry(self, plan: _Plan, args: list[Any]) -> list[Row]:
+        """Run *plan* once more on another connection, after the first one was dead.
+
+        Its errors are translated like the first attempt's: the next pooled connection
+        may have been killed with the first (``pg_terminate_backend`` of every backend,
+        a restart), and a raw driver error would be answered 500.
+        """
+        try:
+            await self._checkout()
+            if self._needs_transaction:
+                await self._begin()
+            return plan.rows(await self._run(plan.sql, args))
+        except Exception as error:
+            translated = self._translate(error, plan.sql, args)
+            if (
+                isinstance(translated, sa_exc.DBAPIError)
+                and not translated.connection_invalidated
+                and _refused_before_sync(error)
+            ):
+                # The driver's own complaint about its connection's state ("another
+                # operation is in progress") on a connection that broke with the first:
+                # not the statement's fault. Throw it away and answer 503.
+                translated.connection_invalidated = True
+                self._broken = translated
+            raise translated from error
+        except BaseException as error:
+            self._broken = error  # cancelled mid-statement, as in _execute
             raise
 
     async def _run(self, sql: str, args: list[Any]) -> Any:
@@ -438,6 +465,11 @@ class DirectConnection:
         """Raise the driver's *error* as the SQLAlchemy exception a session would raise."""
         if isinstance(error, sa_exc.SQLAlchemyError | WriteInReadSession):
             return error
+        if is_no_answer(error):
+            # The server never answered (see _no_answer.py): discard the connection.
+            timed_out = no_answer_error(self._database.settings)
+            self._broken = timed_out
+            return timed_out
         dialect = self._database.engine.dialect
         dbapi_error_class = dialect.loaded_dbapi.Error
         translated: Exception = error

@@ -1,0 +1,54 @@
+"""Scenario 1: the database restarts in the middle of mixed load.
+
+What must hold: no 500; requests during the outage are answered 503 with
+``Retry-After`` within the deadline (pool timeout + connect timeout), none hangs; the
+app serves normally within 1 s of the server's return, with no stale-connection error
+afterwards; every acknowledged write is in the database.
+
+Figures: ``.venv/bin/pytest tests/reliability/test_restart.py -s``
+(``RELIABILITY_FULL=1`` for the full run).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.pgcluster import PgCluster
+from tests.reliability.conftest import CONNECT_TIMEOUT_S, MARGIN_S, POOL_TIMEOUT_S, base_env, scaled
+from tests.reliability.faults import assert_recovered, restarts_under_load
+from tests.servers import USERS_API, uvicorn_server
+
+pytestmark = [pytest.mark.postgres_only, pytest.mark.slow, pytest.mark.timing]
+
+DEADLINE_S = POOL_TIMEOUT_S + CONNECT_TIMEOUT_S
+
+
+async def test_restart_under_mixed_load(pg_cluster: PgCluster, app_database: str) -> None:
+    env = base_env(app_database)
+    with uvicorn_server(USERS_API, env, access_log=False) as server:
+        ledger, outages = await restarts_under_load(
+            pg_cluster,
+            server.url,
+            restarts=int(scaled(1, 5)),
+            outage_s=scaled(2, 5),
+            between_s=scaled(2, 8),
+            timeout=DEADLINE_S + 10,
+        )
+        server.stop()
+        log = server.log()
+    recovery = [ledger.first_ok_after(up) for _, up in outages]
+    report = ledger.summary("restart: ") + (
+        f"; outages {[round(up - down, 1) for down, up in outages]} s, "
+        f"recovery {[round(r, 2) if r is not None else None for r in recovery]} s"
+    )
+    print("\n" + report)
+    assert ledger.count(500) == 0, report
+    assert ledger.count(None) == 0, report  # every request was answered: none hung
+    assert set(ledger.statuses) <= {200, 201, 503}, report
+    assert ledger.count(503) > 0, report  # the outage was seen
+    assert ledger.without_retry_after() == [], report
+    assert ledger.slowest() <= DEADLINE_S + MARGIN_S, report
+    assert_recovered(ledger, outages, report)
+    assert ledger.lost_writes(app_database) == [], report
+    assert ledger.phantom_writes(app_database) == [], report
+    assert "Traceback" not in log, log[-3000:]
