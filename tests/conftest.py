@@ -20,11 +20,13 @@ BACKENDS = ["sqlite", "postgres"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Drop the SQLite variant of tests marked postgres_only."""
+    """Drop the SQLite variant of tests marked postgres_only, and the other way round."""
     for item in list(items):
         callspec = getattr(item, "callspec", None)
-        on_sqlite = callspec is not None and callspec.params.get("backend") == "sqlite"
-        if on_sqlite and item.get_closest_marker("postgres_only"):
+        backend = callspec.params.get("backend") if callspec is not None else None
+        if (backend == "sqlite" and item.get_closest_marker("postgres_only")) or (
+            backend == "postgres" and item.get_closest_marker("sqlite_only")
+        ):
             items.remove(item)
 
 
