@@ -19,6 +19,7 @@ import pytest
 from fastapi import FastAPI
 
 from fastapi_dbpool.testing import assert_pool_idle
+from tests.service.statuses import record_statuses
 
 ROUNDS = 8
 PER_ID = 8
@@ -39,6 +40,7 @@ async def racing_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            record_statuses(client, app.openapi())
             yield client
         await assert_pool_idle(app.state.fastapi_dbpool)
     gc.collect()
