@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest  ## ruff, mypy --strict, and every test on SQLite and PostgreSQL
+
+# schemathesis against users_api's schema on both databases, with many more examples than
+# the short run in `make test` (FUZZ_EXAMPLES, FUZZ_SEED; ~15 min at the defaults).
+FUZZ_EXAMPLES ?= 300
+FUZZ_SEED ?= 1
+fuzz: $(STAMP)  ## fuzz the API (tests/fuzz) for longer
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(BIN)/pytest tests/fuzz -p no:cacheprovider
 
 # Measures users_api against a raw-driver app, a SQLAlchemy async ORM app, the tutorial's
 # sync-session app and a no-database app, on PostgreSQL (BENCH_POSTGRES_URL, default

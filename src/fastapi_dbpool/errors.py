@@ -387,6 +387,7 @@ class ErrorBody(BaseModel):
 
 
 _DESCRIPTIONS = {
+    400: "The body is not JSON",
     404: "Not found",
     409: "Conflicts with existing data, or the row changed meanwhile",
     413: "Request body too large",

@@ -36,6 +36,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from .errors import STATEMENT_TIMEOUT, DatabaseUnavailable, classify, conflict_of
 
@@ -127,8 +128,22 @@ async def _http_error(request: Request, error: Exception) -> Response:
     headers = getattr(error, "headers", None)
     if error.status_code in (204, 304) or error.status_code < 200:
         return Response(status_code=error.status_code, headers=headers)
+    if error.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
     body = {"detail": error.detail, "code": _status_code_name(error.status_code)}
     return JSONResponse(body, status_code=error.status_code, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    # Starlette's 405 names the methods of the first route whose path matched; a path
+    # served by several routes (GET, PATCH, DELETE /users/{id}) allows all of theirs.
+    allowed: set[str] = set()
+    for route in getattr(request.app, "routes", ()):
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        methods = getattr(route, "methods", None)
+        if match is not Match.NONE and methods:
+            allowed |= set(methods)
+    return ", ".join(sorted(allowed))
 
 
 def install_error_handlers(app: Any) -> None:

@@ -68,6 +68,18 @@ _UPDATES = {
 }
 
 
+# OpenAPI links from a created item to what can be done with it (FastAPI's operation ids).
+_CREATED_LINKS = {
+    name: {"operationId": operation_id, "parameters": {"item_id": "$response.body#/id"}}
+    for name, operation_id in {
+        "get_item": "get_item_items__item_id__get",
+        "update_item": "update_item_items__item_id__patch",
+        "delete_item": "delete_item_items__item_id__delete",
+        "process_item": "process_items__item_id__process_post",
+    }.items()
+}
+
+
 def _not_found(item_id: int) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"item {item_id} not found")
 
@@ -86,7 +98,10 @@ def _unknown_owner(owner_id: int) -> RequestValidationError:
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=ItemOut, responses=error_responses(413)
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ItemOut,
+    responses={201: {"links": _CREATED_LINKS}, **error_responses(400, 413)},
 )
 async def create_item(body: ItemCreate, session: SessionDep) -> Item:
     """Create an item, ``pending``, for an existing user."""
@@ -128,7 +143,7 @@ async def get_item(item_id: ItemId, session: ReadSessionDep) -> Item:
     return item
 
 
-@router.patch("/{item_id}", response_model=ItemOut, responses=error_responses(404, 413))
+@router.patch("/{item_id}", response_model=ItemOut, responses=error_responses(400, 404, 413))
 async def update_item(item_id: ItemId, body: ItemUpdate, db: ConnectionDep) -> dict[str, Any]:
     """Change an item's title and/or description."""
     changes = body.changes()

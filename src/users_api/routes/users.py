@@ -64,6 +64,20 @@ _UPDATES = {
 }
 
 
+# OpenAPI links from a created user to what can be done with it (clients and the
+# fuzzer's stateful phase follow them). FastAPI's generated operation ids.
+_GET = "get_user_users__user_id__get"
+_PATCH = "update_user_users__user_id__patch"
+_DELETE_OP = "delete_user_users__user_id__delete"
+
+
+def _links(parameter: str, **operations: str) -> dict[str, Any]:
+    return {
+        name: {"operationId": operation_id, "parameters": {parameter: "$response.body#/id"}}
+        for name, operation_id in operations.items()
+    }
+
+
 def _not_found(user_id: int) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
 
@@ -80,7 +94,12 @@ def _email_taken(error: IntegrityError) -> HTTPException | None:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=UserOut,
-    responses=error_responses(409, 413, 422, 503),
+    responses={
+        201: {
+            "links": _links("user_id", get_user=_GET, update_user=_PATCH, delete_user=_DELETE_OP)
+        },
+        **error_responses(400, 409, 413, 422, 503),
+    },
 )
 async def create_user(body: UserCreate, db: ConnectionDep) -> dict[str, Any]:
     """Create a user; the email is stored normalised and must be unique."""
@@ -121,7 +140,7 @@ def get_user_sync(user_id: UserId, session: SyncReadSessionDep) -> User:
 
 
 @router.patch(
-    "/{user_id}", response_model=UserOut, responses=error_responses(404, 409, 413, 422, 503)
+    "/{user_id}", response_model=UserOut, responses=error_responses(400, 404, 409, 413, 422, 503)
 )
 async def update_user(user_id: UserId, body: UserUpdate, db: ConnectionDep) -> dict[str, Any]:
     """Change a user's name and/or email."""
