@@ -38,7 +38,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest  ## ruff, mypy --strict, and every test on SQLite and PostgreSQL
 
 # schemathesis against users_api's schema on both databases, with many more examples than
-# the short run in `make test` (FUZZ_EXAMPLES, FUZZ_SEED; ~15 min at the defaults).
+# the short run in `make test` (FUZZ_EXAMPLES, FUZZ_SEED).
 FUZZ_EXAMPLES ?= 300
 FUZZ_SEED ?= 1
 fuzz: $(STAMP)  ## fuzz the API (tests/fuzz) for longer
