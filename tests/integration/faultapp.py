@@ -39,6 +39,7 @@ from fastapi_dbpool import (
     SessionDep,
     SyncSessionDep,
 )
+from fastapi_dbpool.request.retry import retry_transaction
 
 
 class Base(DeclarativeBase):
@@ -105,10 +106,18 @@ def drop_tables(settings: DatabaseSettings) -> None:
 
 
 class Rendezvous:
-    """Lets two concurrent requests meet between their statements (one per test)."""
+    """Lets two concurrent requests meet between their statements (one per test).
+
+    Also counts the calls of each handler, retries included.
+    """
 
     def __init__(self) -> None:
         self.barrier = asyncio.Barrier(2)
+        self.calls: dict[str, int] = {}
+
+    def count(self, name: str) -> int:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return self.calls[name]
 
     async def meet(self) -> None:
         await asyncio.wait_for(self.barrier.wait(), timeout=10)
@@ -148,7 +157,7 @@ def build_app(settings: DatabaseSettings, meeting: Rendezvous) -> FastAPI:
         # structure, and PostgreSQL fails one of them with 40001.
         await session.execute(text("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"))
         total = await session.scalar(select(func.sum(Row.n)).where(Row.id.in_([1, 2])))
-        await meet_or_skip(meeting)
+        await meeting.meet()
         await session.execute(update(Row).where(Row.id == row_id).values(n=(total or 0) + 1))
         return {"n": total}
 
@@ -157,7 +166,7 @@ def build_app(settings: DatabaseSettings, meeting: Rendezvous) -> FastAPI:
         # Two of these with the rows in opposite order: a deadlock PostgreSQL breaks
         # (40P01) after deadlock_timeout.
         await db.all(BUMP, row_id=first)
-        await meet_or_skip(meeting)
+        await meeting.meet()
         await db.all(BUMP, row_id=second)
         return {"locked": [first, second]}
 
@@ -185,13 +194,39 @@ def build_app(settings: DatabaseSettings, meeting: Rendezvous) -> FastAPI:
         await session.flush()  # UPDATE ... matched 0 rows: StaleDataError
         return {"n": row.n}
 
+    # The same races, in handlers marked safe to re-run.
+
+    @app.post("/retry/serializable/{row_id}")
+    @retry_transaction(retries=5)
+    async def retry_serializable(row_id: int, session: SessionDep) -> dict[str, Any]:
+        call = meeting.count("serializable")
+        await session.execute(text("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"))
+        total = await session.scalar(select(func.sum(Row.n)).where(Row.id.in_([1, 2])))
+        if call <= 2:  # the first attempts of both requests meet; retries run alone
+            await meeting.meet()
+        await session.execute(update(Row).where(Row.id == row_id).values(n=(total or 0) + 1))
+        return {"n": total}
+
+    @app.post("/retry/lock/{first}/{second}")
+    @retry_transaction(retries=5)
+    async def retry_lock(first: int, second: int, db: ConnectionDep) -> dict[str, Any]:
+        call = meeting.count("lock")
+        await db.all(BUMP, row_id=first)
+        if call <= 2:
+            await meeting.meet()
+        await db.all(BUMP, row_id=second)
+        return {"locked": [first, second]}
+
+    @app.post("/retry/fault")
+    @retry_transaction(retries=3, max_seconds=10)
+    async def retry_fault(code: str, session: SessionDep) -> dict[str, Any]:
+        meeting.count("fault")
+        session.add(Row(n=0, fault=code))  # fails at COMMIT, every time
+        return {"ok": True}
+
     @app.post("/write")
     async def write(session: SessionDep) -> dict[str, Any]:
         await session.execute(update(Row).where(Row.id == 1).values(n=Row.n + 1))
         return {"ok": True}
 
     return app
-
-
-async def meet_or_skip(meeting: Rendezvous) -> None:
-    await meeting.meet()
