@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
+	$(BIN)/lint-imports  # the layering contracts in pyproject.toml
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -13,9 +13,10 @@ import asyncio
 import time
 import timeit
 
-from fastapi_dbpool import Database, DatabaseSettings, Metrics
-from fastapi_dbpool._history import PoolHistory
-from fastapi_dbpool._http_metrics import RequestMetricsMiddleware
+from fastapi_dbpool import Database, DatabaseSettings
+from fastapi_dbpool.observe.history import PoolHistory
+from fastapi_dbpool.observe.http_metrics import RequestMetricsMiddleware
+from fastapi_dbpool.observe.metrics import Metrics
 
 N = 200_000
 

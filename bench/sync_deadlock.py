@@ -1,7 +1,7 @@
 """FastAPI issue #3205 measured: sync endpoints against a pool of 5, at 40 and 100 clients.
 
 Runs tests/apps/sync_load.py in a real uvicorn process, in each shape (the tutorial's
-``get_db()``, ``SyncSessionDep`` alone, ``SyncSessionDep`` on a ``SyncSessionRoute``),
+``get_db()``, ``SyncSessionDep``),
 and loads it with wrk. The tutorial's shape deadlocks once clients outnumber the
 threadpool's 40 threads plus the pool's 5 connections.
 

@@ -1,84 +1,49 @@
-"""fastapi_dbpool: a correct, fast, observable SQLAlchemy pool and session layer for FastAPI."""
+"""fastapi_dbpool: a correct, fast, observable SQLAlchemy pool and session layer for FastAPI.
 
-from ._direct import DirectConnection
-from ._pool import PoolSnapshot
-from .dashboard import PoolDashboard, install_dashboard
-from .database import Database
-from .dependencies import (
-    ConnectionDep,
-    DatabaseDep,
-    ReadConnectionDep,
-    ReadSessionDep,
-    SessionDep,
-    get_connection,
-    get_database,
-    get_read_connection,
-    get_read_session,
-    get_session,
-)
-from .errors import (
-    ConnectFailed,
-    DatabaseNotStarted,
-    DatabaseUnavailable,
-    DBPoolError,
-    PoolTimeout,
-    SettingsError,
-    StatementTimeout,
-    TooManyWaiting,
-    TransactionOpen,
-    WriteInReadSession,
-)
-from .health import HealthReport, check_readiness, health_router
-from .logs import configure_logging
-from .metrics import Metrics, install_metrics
-from .settings import DatabaseSettings, redact_url
-from .sync import (
-    SyncDatabase,
-    SyncReadSessionDep,
-    SyncSessionDep,
-    SyncSessionRoute,
-    get_sync_read_session,
-    get_sync_session,
-)
+The public API is what this module exports, plus :mod:`fastapi_dbpool.errors` (the
+error classes) and :mod:`fastapi_dbpool.testing`. Everything else (the subpackages
+``request``, ``pool``, ``sqlite``, ``postgres``, ``observe``, ``ops``, ``cli``) is
+implementation and may change between releases.
+
+Which handle to use when:
+
+=====================================  =================================================
+need                                   use
+=====================================  =================================================
+a request that reads and writes (ORM)  ``SessionDep``
+a request that only reads (ORM)        ``ReadSessionDep`` (replica when configured)
+a hot endpoint, Core statements        ``ConnectionDep`` / ``ReadConnectionDep``
+a ``def`` endpoint                     ``SyncSessionDep`` / ``SyncReadSessionDep``
+background work, scripts, workers      ``database.session()`` / ``database.connection()``
+the Database itself in a handler       ``DatabaseDep``
+=====================================  =================================================
+"""
+
+from .database import Database, DatabaseDep
+from .errors import DBPoolError
+from .observe.health import health_router
+from .observe.install import install_metrics
+from .observe.logs import configure_logging
+from .pool.monitor import PoolSnapshot
+from .request.dependencies import ConnectionDep, ReadConnectionDep, ReadSessionDep, SessionDep
+from .request.direct import DirectConnection
+from .request.sync import SyncReadSessionDep, SyncSessionDep
+from .settings import DatabaseSettings
 
 __all__ = [
-    "ConnectFailed",
     "ConnectionDep",
     "DBPoolError",
     "Database",
     "DatabaseDep",
-    "DatabaseNotStarted",
     "DatabaseSettings",
-    "DatabaseUnavailable",
     "DirectConnection",
-    "HealthReport",
-    "Metrics",
-    "PoolDashboard",
     "PoolSnapshot",
-    "PoolTimeout",
     "ReadConnectionDep",
     "ReadSessionDep",
     "SessionDep",
-    "SettingsError",
-    "StatementTimeout",
-    "SyncDatabase",
     "SyncReadSessionDep",
     "SyncSessionDep",
-    "SyncSessionRoute",
-    "TooManyWaiting",
-    "TransactionOpen",
-    "WriteInReadSession",
-    "check_readiness",
     "configure_logging",
-    "get_connection",
-    "get_database",
-    "get_read_connection",
-    "get_read_session",
-    "get_session",
-    "get_sync_read_session",
-    "get_sync_session",
     "health_router",
-    "install_dashboard",
     "install_metrics",
-    "redact_url",
 ]

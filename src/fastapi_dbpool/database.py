@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy.exc import DBAPIError
+from fastapi import Depends
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -18,26 +17,31 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import NullPool
+from starlette.requests import HTTPConnection
 
-from ._cleanup import run_to_completion, wait_for_pending_cleanups
-from ._direct import DirectConnection, StatementCache, close_direct
-from ._ping import install_idle_ping
-from ._pool import MonitoredPool, PoolMonitor, PoolSnapshot
-from ._postgres import connect_args as postgres_connect_args
-from ._postgres import install_statement_timeout
-from ._sqlite import READ_ONLY_OPTION, WriteGate, configure_sqlite
-from ._sqlite_interrupt import install_statement_guard
-from ._startup_check import cancel_budget_check, schedule_budget_check
-from .errors import ConnectFailed, DatabaseNotStarted
-from .leaks import watch_for_leaks
+from ._app import STATE_KEY, database_of
+from .errors import DatabaseNotStarted
+from .observe.leaks import watch_for_leaks
+from .ops.startup_check import cancel_budget_check, schedule_budget_check
+from .pool.cleanup import wait_for_pending_cleanups
+from .pool.monitor import PoolMonitor, PoolSnapshot
+from .pool.ping import install_idle_ping
+from .pool.queue_pool import MonitoredPool
+from .postgres.options import connect_args as postgres_connect_args
+from .postgres.options import install_statement_timeout
+from .postgres.replica import ReplicaRouter
+from .request.direct import DirectConnection, StatementCache, close_direct
+from .request.session import session_unit
 from .settings import DatabaseSettings
+from .sqlite.gate import READ_ONLY_OPTION, WriteGate, configure_sqlite
+from .sqlite.interrupt import install_statement_guard
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
-    from .sync import SyncDatabase
+    from .request.sync import SyncDatabase
 
-__all__ = ["Database"]
+__all__ = ["Database", "DatabaseDep"]
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -54,14 +58,36 @@ class Database:
     app's own lifespan. Nothing connects at import time.
 
     Args:
-        settings: Pool and session settings; read from the environment when omitted.
+        settings: Pool and session settings; read from the environment (``DATABASE_URL``,
+            ``DB_POOL_SIZE``, ...) when omitted.
+        url: The database URL, instead of ``DATABASE_URL``; the other settings are still
+            read from the environment.
         name: The pool's label in stats and metrics.
+
+    Raises:
+        SettingsError: a setting is invalid, or no URL is given and ``DATABASE_URL`` is
+            not set; the message names the variable.
     """
 
-    def __init__(self, settings: DatabaseSettings | None = None, *, name: str = "primary") -> None:
-        self.settings = settings if settings is not None else DatabaseSettings.from_env()
+    def __init__(
+        self,
+        settings: DatabaseSettings | None = None,
+        *,
+        url: str | None = None,
+        name: str = "primary",
+    ) -> None:
+        if settings is not None and url is not None:
+            raise TypeError("pass either settings or url, not both")
+        if settings is None:
+            settings = DatabaseSettings.from_env(**({"url": url} if url is not None else {}))
+        self.settings = settings
         self.name = name
-        self.monitor = PoolMonitor(name, max_waiting=self.settings.max_waiting)
+        max_waiting = self.settings.max_waiting
+        # One monitor per pool this database may use, created up front so that metrics,
+        # the dashboard and the checks list every pool from the start.
+        self.monitor = PoolMonitor(name, max_waiting=max_waiting)
+        self.sync_monitor = PoolMonitor(f"{name}-sync", max_waiting=max_waiting)
+        self.probe_monitor = PoolMonitor(f"{name}-probe")
         self._engine: AsyncEngine | None = None
         self._probe_engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
@@ -79,7 +105,7 @@ class Database:
             if self.settings.replica_url is not None
             else None
         )
-        self._replica_down_until = 0.0
+        self._replicas = ReplicaRouter(self.replica, self.settings.replica_retry_s)
 
     def __repr__(self) -> str:
         state = "started" if self._engine is not None else "stopped"
@@ -116,9 +142,11 @@ class Database:
             return
         settings = self.settings
         engine = create_async_engine(settings.sqlalchemy_url, **self._engine_options())
-        self.monitor.attach(engine.pool)  # type: ignore[arg-type]
+        self.monitor.attach(engine.pool)
         if settings.pool_pre_ping and settings.backend == "postgresql":
-            install_idle_ping(engine.sync_engine.pool, settings.pool_pre_ping_idle_s)
+            install_idle_ping(
+                engine.sync_engine.pool, settings.pool_pre_ping_idle_s, engine.dialect.do_ping
+            )
         if settings.backend == "sqlite":
             self.write_gate = WriteGate(timeout=settings.pool_timeout)
             configure_sqlite(engine.sync_engine, self.write_gate, settings.sqlite_busy_timeout_ms)
@@ -130,7 +158,7 @@ class Database:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         read_engine = engine.execution_options(**self._read_only_options())
         self._read_sessions = async_sessionmaker(read_engine, expire_on_commit=False)
-        logger.info(
+        logger.debug(
             "database started",
             extra={
                 "pool": self.name,
@@ -164,7 +192,7 @@ class Database:
         if self.leak_detector is not None:
             self.leak_detector.stop()
         if engine is not None:
-            logger.info("database stopped", extra={"pool": self.name, "event": "stop"})
+            logger.debug("database stopped", extra={"pool": self.name, "event": "stop"})
 
     async def __aenter__(self) -> Database:
         await self.start()
@@ -181,7 +209,7 @@ class Database:
         """
         from .responses import install_error_handlers
 
-        app.state.fastapi_dbpool = self
+        setattr(app.state, STATE_KEY, self)
         original = app.router.lifespan_context
 
         @asynccontextmanager
@@ -206,53 +234,25 @@ class Database:
         (``DATABASE_REPLICA_URL``), *read_only* sessions run there, and on the primary
         for ``DB_REPLICA_RETRY_S`` after the replica failed to connect.
         """
-        replica = self._usable_replica() if read_only else None
+        replica = self._replicas.choose() if read_only else None
         if replica is not None:
-            return self._on_replica(replica.session(read_only=True))
+            return self._replicas.watch(replica.session(read_only=True))
         return self._session(read_only)
 
-    def pools(self) -> list[Database]:
-        """This database and its replica, if any: what stats and metrics report."""
-        return [self] if self.replica is None else [self, self.replica]
+    def monitors(self) -> list[PoolMonitor]:
+        """Every pool this database uses: async, sync, health probe, and the replica's.
 
-    def _usable_replica(self) -> Database | None:
-        if self.replica is None or time.monotonic() < self._replica_down_until:
-            return None
-        return self.replica
+        What metrics, the dashboard, readiness and the start-up budget check report.
+        """
+        own = [self.monitor, self.sync_monitor, self.probe_monitor]
+        return own if self.replica is None else own + self.replica.monitors()
 
-    @asynccontextmanager
-    async def _on_replica(self, opened: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
-        try:
-            async with opened as handle:
-                yield handle
-        except (ConnectFailed, DBAPIError) as error:
-            if isinstance(error, DBAPIError) and not error.connection_invalidated:
-                raise  # a query's own error, not the replica going away
-            # This request fails (503): its reads may already have happened. The next
-            # ones go to the primary until the retry delay has passed.
-            self._replica_down_until = time.monotonic() + self.settings.replica_retry_s
-            logger.warning(
-                "replica unreachable; reads go to the primary for %g s",
-                self.settings.replica_retry_s,
-                extra={"pool": "replica", "event": "replica_down"},
-            )
-            raise
-
-    @asynccontextmanager
-    async def _session(self, read_only: bool) -> AsyncIterator[AsyncSession]:
+    def _session(self, read_only: bool) -> AbstractAsyncContextManager[AsyncSession]:
         factory = self._read_sessions if read_only else self._sessions
         if factory is None:
             self.engine  # noqa: B018 - raises DatabaseNotStarted with the reason
             raise AssertionError("unreachable")
-        session = factory()
-        try:
-            yield session
-        except BaseException:
-            # The caller's error is the one that matters; a failing rollback on a broken
-            # connection is logged, and the connection is invalidated by SQLAlchemy.
-            await run_to_completion(_discard_quietly(session))
-            raise
-        await run_to_completion(_discard(session) if read_only else _commit(session))
+        return session_unit(factory, read_only=read_only)
 
     def with_session(
         self, func: Callable[Concatenate[AsyncSession, P], Awaitable[R]]
@@ -282,12 +282,21 @@ class Database:
             DatabaseNotStarted: outside the app's lifespan.
         """
         if self._sync is None:
-            from .sync import SyncDatabase
+            from .request.sync import SyncDatabase
 
             self.engine  # noqa: B018 - raises DatabaseNotStarted with the reason
             assert self._loop is not None
-            self._sync = SyncDatabase(self, self._loop)
+            self._sync = SyncDatabase(self, self._loop, self.sync_monitor)
+            # A second pool now counts against the server's connections: check again
+            # (a check still running reads pools_in_use when it computes the budget).
+            if self._budget_check is None or self._budget_check.done():
+                self._budget_check = schedule_budget_check(self)
         return self._sync
+
+    @property
+    def pools_in_use(self) -> int:
+        """Pools of ``DB_POOL_SIZE`` connections open now: 1, or 2 once the sync pool is."""
+        return 1 if self._sync is None else 2
 
     def connection(
         self, *, read_only: bool = False
@@ -299,21 +308,17 @@ class Database:
         ends and rolls back if it raises; a *read_only* one accepts only selects, and
         runs on the replica when there is one (see :meth:`session`).
         """
-        replica = self._usable_replica() if read_only else None
+        replica = self._replicas.choose() if read_only else None
         if replica is not None:
-            return self._on_replica(replica.connection(read_only=True))
+            return self._replicas.watch(replica.connection(read_only=True))
         return self._direct(read_only)
-
-    def _new_direct(self, read_only: bool) -> DirectConnection:
-        """A DirectConnection that has not checked out yet; the caller closes it."""
-        statements = self._statements
-        if statements is None:
-            statements = self._statements = StatementCache(self.engine.dialect)
-        return DirectConnection(self, statements, read_only=read_only)
 
     @asynccontextmanager
     async def _direct(self, read_only: bool) -> AsyncIterator[DirectConnection]:
-        connection = self._new_direct(read_only)
+        statements = self._statements
+        if statements is None:
+            statements = self._statements = StatementCache(self.engine.dialect)
+        connection = DirectConnection(self, statements, read_only=read_only)
         try:
             yield connection
         except BaseException:
@@ -339,6 +344,7 @@ class Database:
             self._probe_engine = create_async_engine(
                 engine.url, poolclass=NullPool, connect_args=self._connect_args()
             )
+            self.probe_monitor.attach(self._probe_engine.pool)
             if self.settings.backend == "sqlite":
                 # Pragmas only; the probe runs SELECT 1 in autocommit and needs no gate.
                 configure_sqlite(
@@ -378,28 +384,10 @@ class Database:
         return {"postgresql_readonly": True}
 
 
-async def _commit(session: AsyncSession) -> None:
-    """Commit and close; on failure roll back, close, and raise the commit's error."""
-    try:
-        await session.commit()
-    except BaseException:
-        await _discard(session)
-        raise
-    await session.close()
+def _database(conn: HTTPConnection) -> Database:
+    return database_of(conn.app)
 
 
-async def _discard(session: AsyncSession) -> None:
-    """Roll back whatever is open and return the connection to the pool."""
-    try:
-        await session.rollback()
-    finally:
-        await session.close()
-
-
-async def _discard_quietly(session: AsyncSession) -> None:
-    try:
-        await _discard(session)
-    except Exception:
-        logger.warning(
-            "rollback failed after an error", exc_info=True, extra={"event": "rollback_failed"}
-        )
+#: The app's :class:`Database`, for handlers that open sessions of their own or read its
+#: state; it takes no connection.
+DatabaseDep = Annotated[Database, Depends(_database)]

@@ -8,6 +8,7 @@ clause catches them all::
     ├── DatabaseNotStarted      the engine is used outside the app's lifespan
     ├── WriteInReadSession      a write was attempted in a read-only session
     ├── TransactionOpen         execute_committed() inside a transaction it would commit
+    ├── DirectConnectionMisuse  a statement a direct connection cannot run as written
     └── DatabaseUnavailable     the request cannot be served now; answered 503
         ├── PoolTimeout         no connection became free within DB_POOL_TIMEOUT
         │   └── TooManyWaiting  DB_MAX_WAITING requests already wait; shed at once
@@ -38,6 +39,7 @@ __all__ = [
     "DBPoolError",
     "DatabaseNotStarted",
     "DatabaseUnavailable",
+    "DirectConnectionMisuse",
     "ErrorBody",
     "Failure",
     "PoolTimeout",
@@ -104,6 +106,10 @@ class ConnectFailed(DatabaseUnavailable):
 
 class StatementTimeout(DatabaseUnavailable):
     """The server cancelled a statement that ran longer than DB_STATEMENT_TIMEOUT_MS."""
+
+
+class DirectConnectionMisuse(DBPoolError, TypeError):
+    """A statement a direct connection cannot run as written; the message says what to write."""
 
 
 # -- the taxonomy ------------------------------------------------------------------------

@@ -33,8 +33,6 @@ __all__ = ["DatabaseSettings", "redact_url"]
 
 Backend = Literal["postgresql", "sqlite"]
 
-DEFAULT_URL = "sqlite+aiosqlite:///./users_api.db"
-
 # Async driver to use for each accepted URL scheme. Plain scheme names are what
 # Heroku, Render, docker-compose files and libpq users write; we map them to the
 # async driver rather than letting SQLAlchemy pick psycopg2, which would block the loop.
@@ -163,8 +161,9 @@ class DatabaseSettings(BaseSettings):
         env_file=None, extra="ignore", populate_by_name=True, frozen=True, case_sensitive=False
     )
 
+    # No default: a library that silently opened a SQLite file in the working directory
+    # would hide a missing DATABASE_URL until the data went missing.
     url: SecretStr = Field(
-        default=SecretStr(DEFAULT_URL),
         validation_alias=_env("DATABASE_URL", "url"),
         description="Database URL; postgresql:// and sqlite:/// map to asyncpg and aiosqlite.",
     )
@@ -230,21 +229,6 @@ class DatabaseSettings(BaseSettings):
         ge=0,
         validation_alias=_env("DB_SQLITE_BUSY_TIMEOUT_MS", "sqlite_busy_timeout_ms"),
         description="How long SQLite waits for another process's write lock.",
-    )
-    metrics: bool = Field(
-        default=True,
-        validation_alias=_env("DB_METRICS", "metrics"),
-        description="Serve /metrics and the /pool dashboard; false installs neither.",
-    )
-    metrics_token: SecretStr | None = Field(
-        default=None,
-        validation_alias=_env("DB_METRICS_TOKEN", "metrics_token"),
-        description="When set, /metrics and /pool require Authorization: Bearer <token>.",
-    )
-    log_json: bool = Field(
-        default=False,
-        validation_alias=_env("DB_LOG_JSON", "log_json"),
-        description="configure_logging() writes one JSON object per line instead of text.",
     )
     leak_threshold_s: float = Field(
         default=0.0,
@@ -312,15 +296,6 @@ class DatabaseSettings(BaseSettings):
             raise ValueError("no DATABASE_REPLICA_URL set")
         return self.model_copy(update={"url": self.replica_url, "replica_url": None})
 
-    @field_validator("metrics_token", mode="before")
-    @classmethod
-    def _blank_token_is_none(cls, value: Any) -> Any:
-        # DB_METRICS_TOKEN= (empty) in a compose file means "no token", not "the empty token".
-        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-        if isinstance(raw, str) and not raw.strip():
-            return None
-        return value
-
     @classmethod
     def from_env(cls, **overrides: Any) -> DatabaseSettings:
         """Read the settings from the environment, with keyword *overrides* on top.
@@ -370,5 +345,11 @@ def _describe(exc: ValidationError) -> str:
             continue
         field = str(error["loc"][0])
         env = _ENV_NAMES.get(field, field)
+        if field in ("url", "DATABASE_URL") and error["type"] in ("missing", "secret_str_type"):
+            problems.append(
+                "DATABASE_URL is not set: set it (postgresql://user@host/db, "
+                "sqlite:///./app.db) or pass the URL, Database(url=...)"
+            )
+            continue
         problems.append(f"{env}: {error['msg'].removeprefix('Value error, ')}")
     return "invalid database settings: " + "; ".join(problems)

@@ -13,9 +13,9 @@ __all__ = ["assert_pool_idle", "wait_pool_idle"]
 async def wait_pool_idle(database: Database, timeout: float = 5.0) -> int:
     """Wait up to *timeout* seconds for every connection to be returned.
 
-    Returns the number still checked out (0 when idle), counting the sync pool too if
-    it was used. Background tasks and handed-off cleanups may return connections a
-    moment after the response.
+    Returns the number still checked out (0 when idle), counting every pool of the
+    database (sync, probe and replica pools too). Background tasks and handed-off
+    cleanups may return connections a moment after the response.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -32,8 +32,5 @@ async def assert_pool_idle(database: Database, timeout: float = 5.0) -> None:
 
 
 def _checked_out(database: Database) -> int:
-    count = database.pool_snapshot().checked_out
-    sync = database._sync  # only if created: looking must not create it
-    if sync is not None:
-        count += sync.pool_snapshot().checked_out
-    return count
+    # Every pool: async, sync, health probe and the replica's.
+    return sum(monitor.snapshot().checked_out for monitor in database.monitors())

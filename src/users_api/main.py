@@ -15,10 +15,10 @@ from fastapi_dbpool import (
     DatabaseSettings,
     configure_logging,
     health_router,
-    install_dashboard,
     install_metrics,
 )
 
+from .config import database_settings, json_logs
 from .processing import resume_stranded
 from .routes import items, users
 
@@ -40,7 +40,7 @@ def create_app(
             for apps built in tests, where it would hide leaked objects from
             ``gc.collect()``.
     """
-    database = Database(settings)
+    database = Database(settings if settings is not None else database_settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,9 +71,8 @@ def create_app(
     app.include_router(users.router)
     app.include_router(items.router)
     app.include_router(health_router())
-    install_metrics(app)  # GET /metrics; DB_METRICS=false turns it and the dashboard off
-    install_dashboard(app)  # GET /pool
-    if database.settings.log_json:
+    install_metrics(app)  # GET /metrics and the /pool dashboard; DB_METRICS=false: neither
+    if json_logs():  # DB_LOG_JSON: one JSON object a line; otherwise the server's logging
         configure_logging(as_json=True, loggers=("fastapi_dbpool", "users_api"))
     return app
 

@@ -1,12 +1,11 @@
-"""A ``def`` endpoint with a ``def`` dependency that reads the database, in three shapes.
+"""A ``def`` endpoint with a ``def`` dependency that reads the database, in two shapes.
 
 ``GET /users/{user_id}/items``: the dependency loads the user (404 if absent), the
 endpoint lists up to ten of their items, and the response model is validated, which
 FastAPI does in the threadpool for a ``def`` endpoint. ``SYNC_LOAD_SHAPE`` picks how
 the session is provided:
 
-* ``dbpool`` (default): ``SyncSessionDep`` on a ``SyncSessionRoute`` router.
-* ``dbpool-dependency``: ``SyncSessionDep`` on a plain router (no route class).
+* ``dbpool`` (default): ``SyncSessionDep`` on a plain router.
 * ``tutorial``: FastAPI's tutorial, a sync ``get_db()`` generator over
   ``create_engine(pool_size, max_overflow, pool_timeout)`` from the same DB_* variables.
 
@@ -20,21 +19,14 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from fastapi_dbpool import (
-    Database,
-    DatabaseSettings,
-    SyncSessionDep,
-    SyncSessionRoute,
-    health_router,
-)
+from fastapi_dbpool import Database, DatabaseSettings, SyncSessionDep, health_router
 from users_api.models import Item, User
 
-SHAPES = ("dbpool", "dbpool-dependency", "tutorial")
+SHAPES = ("dbpool", "tutorial")
 PATH = "/users/{user_id}/items"
 
 
@@ -56,8 +48,7 @@ def create_app() -> FastAPI:
         raise ValueError(f"SYNC_LOAD_SHAPE must be one of {SHAPES}, not {shape!r}")
     app = FastAPI()
     Database().install(app)
-    route_class = SyncSessionRoute if shape == "dbpool" else APIRoute
-    router = APIRouter(route_class=route_class)
+    router = APIRouter()
 
     def owner(user_id: int, session: SyncSessionDep) -> User:
         user = session.get(User, user_id)

@@ -12,8 +12,9 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from fastapi_dbpool import ConnectFailed, Database, DatabaseSettings
-from fastapi_dbpool.budget import inspect_server
+from fastapi_dbpool import Database, DatabaseSettings
+from fastapi_dbpool.errors import ConnectFailed
+from fastapi_dbpool.ops.budget import inspect_server
 from tests.backends import admin_execute, libpq_url
 from tests.servers import free_port
 
@@ -86,7 +87,7 @@ async def test_startup_warns_once_when_the_budget_does_not_fit(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="fastapi_dbpool")
+    caplog.set_level(logging.DEBUG, logger="fastapi_dbpool")
     monkeypatch.setenv("WEB_CONCURRENCY", "120")  # 120 x (5 + 0 + 1) = 720 connections
     async with Database(DatabaseSettings(url=database_url, pool_size=5)) as database:
         await finished_check(database)
@@ -111,12 +112,12 @@ async def test_startup_logs_no_warning_when_the_budget_fits(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="fastapi_dbpool")
+    caplog.set_level(logging.DEBUG, logger="fastapi_dbpool")
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     async with Database(DatabaseSettings(url=database_url, pool_size=2)) as database:
         await finished_check(database)
     (record,) = budget_records(caplog)
-    assert record.levelno == logging.INFO
+    assert record.levelno == logging.DEBUG
     assert record.getMessage().startswith("connection budget fits: 1 worker(s)")
     assert record.needed == 3  # type: ignore[attr-defined]
 
@@ -164,7 +165,7 @@ async def blackhole() -> AsyncIterator[Blackhole]:
 async def test_hung_database_neither_delays_nor_breaks_startup(
     backend: str, blackhole: Blackhole, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="fastapi_dbpool")
+    caplog.set_level(logging.DEBUG, logger="fastapi_dbpool")
     url = f"postgresql://postgres:{CANARY}@127.0.0.1:{blackhole.port}/db"
     database = Database(DatabaseSettings(url=url, connect_timeout=1))
     started = time.perf_counter()
@@ -178,7 +179,7 @@ async def test_hung_database_neither_delays_nor_breaks_startup(
         await database.stop()
     assert blackhole.accepted == 1
     (record,) = budget_records(caplog)
-    assert record.levelno == logging.INFO
+    assert record.levelno == logging.DEBUG
     assert "not checked" in record.getMessage() and "DB_CONNECT_TIMEOUT" in record.getMessage()
     assert CANARY not in caplog.text
 
@@ -207,13 +208,13 @@ async def test_stop_cancels_a_running_check_and_closes_its_socket(
 async def test_refused_connection_is_logged_not_raised(
     backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="fastapi_dbpool")
+    caplog.set_level(logging.DEBUG, logger="fastapi_dbpool")
     url = f"postgresql://postgres:{CANARY}@127.0.0.1:{free_port()}/db"
     async with Database(DatabaseSettings(url=url, connect_timeout=2)) as database:
         await finished_check(database)
         assert database.started
     (record,) = budget_records(caplog)
-    assert record.levelno == logging.INFO
+    assert record.levelno == logging.DEBUG
     assert "cannot connect" in record.getMessage()
     assert CANARY not in caplog.text
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from fastapi_dbpool.cli import app
+from fastapi_dbpool.cli.app import app
 from tests.backends import admin_execute, libpq_url, migrate, postgres_database
 from tests.servers import free_port
 
@@ -123,6 +123,7 @@ def test_doctor_warns_when_the_pools_do_not_fit(database_url: str, backend: str)
     _, report = doctor_json(database_url, "--workers", "40", DB_POOL_SIZE="10")
     assert "budget_exceeded" in codes(report, "warning")
     assert report["budget"]["fits"] is False
+
     # The recommendation fits what is left.
     assert 40 * (report["recommendation"]["pool_size"] + 1) <= max(
         report["budget"]["available"], 40 * 2
@@ -205,3 +206,11 @@ def test_doctor_never_prints_the_password(database_url: str, backend: str) -> No
         assert "PostgreSQL" in result.stdout
         assert "postgres:***@" in result.stdout
         assert CANARY not in result.output
+
+
+@pytest.mark.postgres_only
+def test_doctor_counts_the_sync_pool_when_told(database_url: str, backend: str) -> None:
+    args = ("--workers", "2", "--sync-endpoints")
+    _, report = doctor_json(database_url, *args, DB_POOL_SIZE="3")
+    # 2 workers x (2 pools x (3 + 0) + 1 probe) = 14.
+    assert report["budget"]["pools"] == 2 and report["budget"]["needed"] == 14

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from fastapi_dbpool import Database, DatabaseSettings, PoolTimeout, WriteInReadSession
+from fastapi_dbpool import Database, DatabaseSettings
+from fastapi_dbpool.errors import PoolTimeout, WriteInReadSession
 from fastapi_dbpool.testing import assert_pool_idle
 from tests.backends import admin_execute
 from tests.conftest import make_settings

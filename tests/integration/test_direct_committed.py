@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from fastapi_dbpool import Database, DatabaseSettings, TransactionOpen, WriteInReadSession
+from fastapi_dbpool import Database, DatabaseSettings
+from fastapi_dbpool.errors import TransactionOpen, WriteInReadSession
 from fastapi_dbpool.testing import assert_pool_idle
 from tests.integration.sessionapp import Child, create_tables, drop_tables
 from users_api.models import User

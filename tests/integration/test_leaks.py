@@ -14,13 +14,7 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 
-from fastapi_dbpool import (
-    Database,
-    DatabaseDep,
-    SessionDep,
-    SyncReadSessionDep,
-    SyncSessionRoute,
-)
+from fastapi_dbpool import Database, DatabaseDep, SessionDep, SyncReadSessionDep
 from fastapi_dbpool.testing import assert_pool_idle
 from tests.conftest import make_settings
 
@@ -53,7 +47,7 @@ def hold_engine(seconds: float, database: DatabaseDep) -> dict[str, str]:
 async def serve(database_url: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
     Database(make_settings(database_url, pool_size=3, **overrides)).install(app)
-    router = APIRouter(route_class=SyncSessionRoute)
+    router = APIRouter()
     router.add_api_route("/hold-async", hold_async)
     router.add_api_route("/hold-sync/{label}", hold_sync)
     router.add_api_route("/hold-engine", hold_engine)
@@ -169,10 +163,11 @@ async def test_nothing_is_reported_with_the_threshold_off(
 
 
 def test_threshold_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fastapi_dbpool import DatabaseSettings, SettingsError
+    from fastapi_dbpool import DatabaseSettings
+    from fastapi_dbpool.errors import SettingsError
 
     monkeypatch.setenv("DB_LEAK_THRESHOLD_S", "2.5")
-    assert DatabaseSettings.from_env().leak_threshold_s == 2.5
+    assert DatabaseSettings.from_env(url="sqlite:///./app.db").leak_threshold_s == 2.5
     monkeypatch.setenv("DB_LEAK_THRESHOLD_S", "-1")
     with pytest.raises(SettingsError, match="DB_LEAK_THRESHOLD_S"):
         DatabaseSettings.from_env()

@@ -10,7 +10,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from fastapi_dbpool import Database, DatabaseNotStarted, DatabaseSettings, SessionDep
+from fastapi_dbpool import Database, DatabaseSettings, SessionDep
+from fastapi_dbpool.errors import DatabaseNotStarted
 
 
 async def test_nothing_is_created_before_the_lifespan(settings: DatabaseSettings) -> None:

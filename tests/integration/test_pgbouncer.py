@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fastapi_dbpool import Database, DatabaseSettings
-from fastapi_dbpool.budget import inspect_server
-from fastapi_dbpool.cli import app
+from fastapi_dbpool.cli.app import app
+from fastapi_dbpool.ops.budget import inspect_server
 from tests.pgbouncer import pgbouncer_version, through_pgbouncer
 
 pytestmark = pytest.mark.postgres_only
@@ -117,7 +117,7 @@ async def test_startup_check_behind_pgbouncer_logs_no_budget_warning(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="fastapi_dbpool")
+    caplog.set_level(logging.DEBUG, logger="fastapi_dbpool")
     monkeypatch.setenv("WEB_CONCURRENCY", "500")  # would never fit max_connections
     with through_pgbouncer(database_url) as url:
         database = Database(DatabaseSettings(url=url, pool_size=10))
@@ -127,5 +127,5 @@ async def test_startup_check_behind_pgbouncer_logs_no_budget_warning(
             assert database._budget_check is not None
             await asyncio.wait_for(asyncio.shield(database._budget_check), timeout=15)
     records = [r for r in caplog.records if r.getMessage().startswith("connection budget")]
-    assert [r.levelno for r in records] == [logging.INFO]
+    assert [r.levelno for r in records] == [logging.DEBUG]
     assert "pooler is in front" in records[0].getMessage()

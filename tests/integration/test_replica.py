@@ -58,8 +58,7 @@ async def app_and_client(
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             yield app.state.fastapi_dbpool, client
         database: Database = app.state.fastapi_dbpool
-        for pool in database.pools():
-            await assert_pool_idle(pool)
+        await assert_pool_idle(database)
 
 
 async def in_recovery(database: Database, *, read_only: bool) -> bool:

@@ -14,7 +14,8 @@ from sqlalchemy import Integer, bindparam, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from fastapi_dbpool import Database, DatabaseSettings, PoolTimeout
+from fastapi_dbpool import Database, DatabaseSettings
+from fastapi_dbpool.errors import PoolTimeout
 from fastapi_dbpool.testing import assert_pool_idle
 
 WRITERS = 50

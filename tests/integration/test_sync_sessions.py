@@ -1,7 +1,7 @@
 """SyncSessionDep: one connection per request, committed before the response, no deadlock.
 
-Every test runs on both backends and, where the route class changes the behaviour,
-with and without SyncSessionRoute.
+Every test runs on both backends, with the endpoints on a router included in a router
+(sync sessions need nothing per router).
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the endpoints'
@@ -18,7 +18,6 @@ import httpx
 import psycopg
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, field_validator
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -29,14 +28,12 @@ from fastapi_dbpool import (
     DBPoolError,
     SyncReadSessionDep,
     SyncSessionDep,
-    SyncSessionRoute,
 )
 from fastapi_dbpool.testing import assert_pool_idle
 from tests.backends import libpq_url
 from tests.conftest import make_settings
+from tests.polling import eventually
 from users_api.models import User
-
-ROUTE_CLASSES = {"route": SyncSessionRoute, "dependency": APIRoute}
 
 
 class _Seen:
@@ -102,23 +99,24 @@ def hold(seconds: float, session: SyncReadSessionDep) -> dict[str, str]:
 ENDPOINT_STARTED = threading.Event()
 
 
+ENDPOINT_FINISHED = threading.Event()
+
+
 def hold_and_add(email: str, seconds: float, session: SyncSessionDep) -> dict[str, str]:
     session.execute(text("SELECT 1"))
     ENDPOINT_STARTED.set()
     time.sleep(seconds)
     session.add(User(name="Late", email=email))
+    ENDPOINT_FINISHED.set()
     return {"status": "done"}
 
 
-def busy(seconds: float) -> None:
-    time.sleep(seconds)
-
-
-def build_app(settings: DatabaseSettings, route_class: type[APIRoute]) -> FastAPI:
+def build_app(settings: DatabaseSettings) -> FastAPI:
     app = FastAPI()
     database = Database(settings)
     database.install(app)
-    router = APIRouter(route_class=route_class)
+    # Included twice over: sync sessions need nothing per router, however deep.
+    router = APIRouter()
     router.add_api_route("/users", add_user, methods=["POST"])
     router.add_api_route("/fail", add_then_fail, methods=["POST"])
     router.add_api_route("/twice", add_twice, methods=["POST"])
@@ -127,8 +125,9 @@ def build_app(settings: DatabaseSettings, route_class: type[APIRoute]) -> FastAP
     router.add_api_route("/both", both_sessions)
     router.add_api_route("/hold", hold)
     router.add_api_route("/hold-and-add", hold_and_add, methods=["POST"])
-    router.add_api_route("/busy", busy)
-    app.include_router(router)
+    outer = APIRouter()
+    outer.include_router(router)
+    app.include_router(outer)
     _Seen.database = database
     return app
 
@@ -142,22 +141,16 @@ async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         await assert_pool_idle(app.state.fastapi_dbpool)
 
 
-@pytest.fixture(params=sorted(ROUTE_CLASSES))
-def mode(request: pytest.FixtureRequest) -> str:
-    """``route``: SyncSessionRoute; ``dependency``: the dependency on a plain route."""
-    return str(request.param)
-
-
 def client_for(
-    database_url: str, mode: str, **overrides: Any
+    database_url: str, **overrides: Any
 ) -> AbstractAsyncContextManager[httpx.AsyncClient]:
     settings = make_settings(database_url, **{"pool_size": 5, "max_overflow": 0, **overrides})
-    return serve(build_app(settings, ROUTE_CLASSES[mode]))
+    return serve(build_app(settings))
 
 
 @pytest.fixture
-async def client(database_url: str, mode: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(database_url, mode) as client:
+async def client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(database_url) as client:
         yield client
 
 
@@ -192,17 +185,6 @@ async def test_failed_commit_is_an_error_response_not_a_2xx(client: httpx.AsyncC
     assert (await client.post("/users", params={"email": "b@x.com"})).status_code == 200
 
 
-async def test_connection_is_returned_before_serialisation_on_the_route_class(
-    client: httpx.AsyncClient, mode: str
-) -> None:
-    _Seen.checked_out.clear()
-    response = await client.get("/serialised")
-    assert response.status_code == 200, response.text
-    # With the dependency alone, FastAPI validates the response before the dependency's
-    # exit runs; the route class commits and closes before returning to FastAPI.
-    assert _Seen.checked_out == ([0] if mode == "route" else [1])
-
-
 async def test_a_request_takes_one_connection_whatever_its_dependencies_do(
     client: httpx.AsyncClient,
 ) -> None:
@@ -220,11 +202,14 @@ async def test_two_sync_sessions_in_one_request_are_refused(client: httpx.AsyncC
 
 
 @pytest.mark.timing
-async def test_exhaustion_answers_503_within_the_pool_timeout(database_url: str, mode: str) -> None:
-    async with client_for(database_url, mode, pool_size=2, pool_timeout=0.5) as client:
+async def test_exhaustion_answers_503_within_the_pool_timeout(database_url: str) -> None:
+    async with client_for(database_url, pool_size=2, pool_timeout=0.5) as client:
         holders = [asyncio.create_task(client.get("/hold", params={"seconds": 1.5}))]
         holders.append(asyncio.create_task(client.get("/hold", params={"seconds": 1.5})))
-        await asyncio.sleep(0.2)
+        await eventually(
+            lambda: database_of(client).sync_monitor.snapshot().checked_out == 2,
+            what="both holders checked out",
+        )
         started = time.perf_counter()
         response = await client.get("/hold", params={"seconds": 0})
         elapsed = time.perf_counter() - started
@@ -236,28 +221,9 @@ async def test_exhaustion_answers_503_within_the_pool_timeout(database_url: str,
         assert database_of(client).sync.pool_snapshot().timeouts_total == 1
 
 
-@pytest.mark.timing
-async def test_route_class_endpoints_do_not_queue_behind_the_default_threadpool(
-    database_url: str,
-) -> None:
-    async with client_for(database_url, "route") as client:
-        threads = int(anyio.to_thread.current_default_thread_limiter().total_tokens)
-        sleepers = [
-            asyncio.create_task(client.get("/busy", params={"seconds": 1.5}))
-            for _ in range(threads)
-        ]
-        await asyncio.sleep(0.3)  # every default thread is asleep now
-        started = time.perf_counter()
-        response = await client.get("/serialised")
-        elapsed = time.perf_counter() - started
-        assert response.status_code == 200
-        assert elapsed < 0.8, f"waited {elapsed:.2f} s for a default thread"
-        await asyncio.gather(*sleepers)
-
-
 async def test_sync_and_async_writers_share_one_write_gate(database_url: str) -> None:
     """With SQLite's busy_timeout at 0, two writers of the process meeting in SQLite fail."""
-    async with client_for(database_url, "route", sqlite_busy_timeout_ms=0) as client:
+    async with client_for(database_url, sqlite_busy_timeout_ms=0) as client:
         database = database_of(client)
 
         async def write_async(n: int) -> None:
@@ -272,10 +238,11 @@ async def test_sync_and_async_writers_share_one_write_gate(database_url: str) ->
         assert len(await users_in(database)) == 40
 
 
-async def test_cancelled_request_returns_its_connection(database_url: str, mode: str) -> None:
-    async with client_for(database_url, mode) as client:
+async def test_cancelled_request_returns_its_connection(database_url: str) -> None:
+    async with client_for(database_url) as client:
         database = database_of(client)
         ENDPOINT_STARTED.clear()
+        ENDPOINT_FINISHED.clear()
         request = asyncio.create_task(
             client.post("/hold-and-add", params={"email": "late@x.com", "seconds": 0.5})
         )
@@ -284,16 +251,11 @@ async def test_cancelled_request_returns_its_connection(database_url: str, mode:
         with pytest.raises(asyncio.CancelledError):
             await request
         await assert_pool_idle(database, timeout=3)
-        await asyncio.sleep(0.6)  # let the endpoint's thread finish
-        emails = await users_in(database)
-        if mode == "route":
-            # The endpoint ran to its end in the lane, and its unit committed.
-            assert emails == ["late@x.com"]
-        else:
-            # The endpoint's thread may outlive the request: its connection is thrown
-            # away rather than returned, so neither it nor its transaction is reused.
-            assert emails == []
-            assert database.sync.pool_snapshot().invalidations_total == 1
+        assert await anyio.to_thread.run_sync(ENDPOINT_FINISHED.wait, 5)
+        # The endpoint's thread outlived the request: its connection is thrown away
+        # rather than returned, so neither it nor its transaction is reused.
+        assert await users_in(database) == []
+        assert database.sync.pool_snapshot().invalidations_total == 1
         # The pool serves the next request.
         assert (await client.post("/users", params={"email": "next@x.com"})).status_code == 200
         if database.settings.backend == "postgresql":

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from fastapi_dbpool import DatabaseSettings
-from fastapi_dbpool.cli import app
+from fastapi_dbpool.cli.app import app
 from tests.backends import REQUIRE_SYSTEM_DEPS, skip_or_fail
 from tests.servers import USERS_API, free_port, uvicorn_server
 

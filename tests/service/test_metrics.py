@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from fastapi_dbpool import Database, DatabaseSettings
-from fastapi_dbpool._http_metrics import RequestMetricsMiddleware
+from fastapi_dbpool.observe.http_metrics import RequestMetricsMiddleware
 from fastapi_dbpool.testing import assert_pool_idle
 from tests.conftest import make_settings
 from tests.polling import eventually
@@ -123,9 +123,12 @@ def basic(token: str) -> str:
 
 
 @pytest.mark.parametrize("path", ["/metrics", "/pool", "/pool/stats", "/pool/dashboard.js"])
-async def test_token_protects_metrics_and_dashboard(database_url: str, path: str) -> None:
+async def test_token_protects_metrics_and_dashboard(
+    database_url: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     token = "t0ken-for-tests"
-    async with started(make_settings(database_url, metrics_token=token)) as (client, _):
+    monkeypatch.setenv("DB_METRICS_TOKEN", token)
+    async with started(make_settings(database_url)) as (client, _):
         for headers in (
             {},
             {"Authorization": "Bearer wrong"},
@@ -145,8 +148,11 @@ async def test_token_protects_metrics_and_dashboard(database_url: str, path: str
         assert (await client.get("/users")).status_code == 200
 
 
-async def test_metrics_off_installs_nothing(database_url: str) -> None:
-    async with started(make_settings(database_url, metrics=False)) as (client, app):
+async def test_metrics_off_installs_nothing(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DB_METRICS", "false")
+    async with started(make_settings(database_url)) as (client, app):
         database: Database = app.state.fastapi_dbpool
         for path in ("/metrics", "/pool", "/pool/stats"):
             assert (await client.get(path)).status_code == 404

@@ -88,7 +88,7 @@ def run_cli(url: str) -> str:
     """``dbpool doctor`` (table and JSON) on *url*; their combined output."""
     from typer.testing import CliRunner
 
-    from fastapi_dbpool.cli import app as cli
+    from fastapi_dbpool.cli.app import app as cli
 
     outputs = []
     for args in (["doctor"], ["doctor", "--json"]):

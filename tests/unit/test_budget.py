@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastapi_dbpool import DatabaseSettings, SettingsError
-from fastapi_dbpool.budget import (
+from fastapi_dbpool import DatabaseSettings
+from fastapi_dbpool.errors import SettingsError
+from fastapi_dbpool.ops.budget import (
     ConnectionBudget,
     PoolerFacts,
     ServerFacts,
@@ -41,6 +42,15 @@ def test_budget_counts_pool_overflow_and_probe_per_worker() -> None:
     assert "4 worker(s) x (10 pool + 5 overflow + 1 probe) = 64" in text
     assert "max_connections 100 - 3 reserved" in text
     assert "20 in use by other clients: 77 available" in text
+
+
+def test_budget_counts_the_sync_pool_of_def_endpoints() -> None:
+    # 4 workers x (2 x (10 + 5) + 1 probe) = 4 x 31 = 124 > 77 available.
+    b = budget(pools=2)
+    assert b.per_worker == 31
+    assert b.needed == 124
+    assert not b.fits
+    assert "4 worker(s) x (2 x (10 pool + 5 overflow) + 1 probe) = 124" in b.describe()
 
 
 @given(

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from fastapi_dbpool._pool import FifoPermits
+from fastapi_dbpool.pool.waiting import FifoPermits
 
 
 async def test_free_permits_are_taken_without_waiting() -> None:

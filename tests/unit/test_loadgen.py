@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastapi_dbpool._loadgen import LoadResult, Target, TargetError, _parse_response
+from fastapi_dbpool.cli.loadgen import LoadResult, Target, TargetError, _parse_response
 
 
 def parse(raw: bytes, *, eof: bool = False) -> tuple[int, int, bool] | None:

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from fastapi_dbpool import configure_logging
-from fastapi_dbpool.logs import JsonFormatter, TextFormatter, redact_secrets
+from fastapi_dbpool.observe.logs import JsonFormatter, TextFormatter, redact_secrets
 
 CANARY = "Canary-Pw-8812"
 

@@ -9,8 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastapi_dbpool import Database, DatabaseSettings, Metrics, PoolSnapshot, SettingsError
-from fastapi_dbpool.metrics import POOL_COUNTERS, POOL_GAUGES, PoolCollector
+from fastapi_dbpool import Database, DatabaseSettings, PoolSnapshot
+from fastapi_dbpool.errors import SettingsError
+from fastapi_dbpool.observe.metrics import POOL_COUNTERS, POOL_GAUGES, Metrics, PoolCollector
 
 SNAPSHOT = PoolSnapshot(
     name="primary",
@@ -31,16 +32,16 @@ SNAPSHOT = PoolSnapshot(
 
 
 @dataclass
-class FakeDatabase:
-    """What the collector reads of a Database: its name and a snapshot."""
+class FakeMonitor:
+    """What the collector reads of a pool's monitor: its name and a snapshot."""
 
     name: str
-    snapshot: PoolSnapshot
+    snapshot_now: PoolSnapshot
     reads: int = 0
 
-    def pool_snapshot(self) -> PoolSnapshot:
+    def snapshot(self) -> PoolSnapshot:
         self.reads += 1
-        return self.snapshot
+        return self.snapshot_now
 
 
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
@@ -52,8 +53,8 @@ def scrape(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
 
 
 def test_collector_reports_every_pool_metric_at_scrape_time() -> None:
-    primary = FakeDatabase("primary", SNAPSHOT)
-    replica = FakeDatabase("replica", replace(SNAPSHOT, name="replica", checked_out=0, waiting=0))
+    primary = FakeMonitor("primary", SNAPSHOT)
+    replica = FakeMonitor("replica", replace(SNAPSHOT, name="replica", checked_out=0, waiting=0))
     registry = CollectorRegistry()
     registry.register(PoolCollector([primary, replica]))  # type: ignore[list-item]
     assert primary.reads == 0, "registering must not read the pool"
@@ -72,7 +73,7 @@ def test_collector_reports_every_pool_metric_at_scrape_time() -> None:
     assert samples[("dbpool_invalidations_total", "primary")] == 1
     assert samples[("dbpool_leaks_total", "primary")] == 2
 
-    primary.snapshot = replace(SNAPSHOT, checked_out=0, checkouts_total=1001)
+    primary.snapshot_now = replace(SNAPSHOT, checked_out=0, checkouts_total=1001)
     samples = scrape(registry)
     assert samples[("dbpool_checked_out", "primary")] == 0
     assert samples[("dbpool_checkouts_total", "primary")] == 1001
@@ -80,7 +81,7 @@ def test_collector_reports_every_pool_metric_at_scrape_time() -> None:
 
 def test_collector_types_and_help() -> None:
     registry = CollectorRegistry()
-    registry.register(PoolCollector([FakeDatabase("primary", SNAPSHOT)]))  # type: ignore[list-item]
+    registry.register(PoolCollector([FakeMonitor("primary", SNAPSHOT)]))  # type: ignore[list-item]
     families = {
         f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
     }

@@ -8,7 +8,8 @@ import pytest
 from pydantic import SecretStr
 
 from fastapi_dbpool import DatabaseSettings
-from fastapi_dbpool._auth import presented_token, token_matches
+from fastapi_dbpool.observe.auth import presented_token, token_matches
+from fastapi_dbpool.observe.settings import ObservabilitySettings
 
 TOKEN = SecretStr("s3cret-token")
 
@@ -61,21 +62,23 @@ def test_token_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DB_METRICS_TOKEN", "from-env")
     monkeypatch.setenv("DB_METRICS", "false")
     monkeypatch.setenv("DB_LOG_JSON", "true")
-    settings = DatabaseSettings.from_env()
+    settings = ObservabilitySettings.from_env()
     assert settings.metrics_token is not None
     assert settings.metrics_token.get_secret_value() == "from-env"
     assert settings.metrics is False and settings.log_json is True
     assert "from-env" not in repr(settings)
+    # Not the database's business: DatabaseSettings no longer has them.
+    assert not {"metrics", "metrics_token", "log_json"} & set(DatabaseSettings.model_fields)
 
 
 @pytest.mark.parametrize("blank", ["", "   "])
 def test_blank_token_means_no_token(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
     monkeypatch.setenv("DB_METRICS_TOKEN", blank)
-    assert DatabaseSettings.from_env().metrics_token is None
+    assert ObservabilitySettings.from_env().metrics_token is None
 
 
 def test_metrics_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("DB_METRICS", "DB_METRICS_TOKEN", "DB_LOG_JSON"):
         monkeypatch.delenv(name, raising=False)
-    settings = DatabaseSettings.from_env()
+    settings = ObservabilitySettings.from_env()
     assert settings.metrics is True and settings.metrics_token is None and not settings.log_json

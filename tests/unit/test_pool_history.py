@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fastapi_dbpool import Database, DatabaseSettings
-from fastapi_dbpool._history import SERIES, PoolHistory
+from fastapi_dbpool.observe.history import SERIES, PoolHistory
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def checkout(database: Database, waited: float, held: float) -> None:
 
 
 def test_a_point_sums_its_second(database: Database) -> None:
-    history = PoolHistory(database, window=10)
+    history = PoolHistory(database.monitor, window=10)
     checkout(database, 0.001, 0.010)
     checkout(database, 0.003, 0.030)
     history.sample(now=100.0)
@@ -44,14 +44,14 @@ def test_a_point_sums_its_second(database: Database) -> None:
 def test_checkouts_before_the_history_are_not_reported_as_one_burst(database: Database) -> None:
     for _ in range(50):
         checkout(database, 0.0, 0.0)
-    history = PoolHistory(database)
+    history = PoolHistory(database.monitor)
     checkout(database, 0.0, 0.0)
     history.sample(now=1.0)
     assert history.as_dict()["series"]["checkouts"] == [1]
 
 
 def test_the_window_keeps_the_last_points(database: Database) -> None:
-    history = PoolHistory(database, window=3)
+    history = PoolHistory(database.monitor, window=3)
     for second in range(5):
         checkout(database, 0.0, 0.0)
         history.sample(now=float(second))
@@ -61,6 +61,6 @@ def test_the_window_keeps_the_last_points(database: Database) -> None:
 
 
 def test_empty_history(database: Database) -> None:
-    stats = PoolHistory(database).as_dict()
+    stats = PoolHistory(database.monitor).as_dict()
     assert stats["name"] == "primary"
     assert all(column == [] for column in stats["series"].values())

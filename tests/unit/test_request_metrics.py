@@ -10,8 +10,9 @@ from fastapi import APIRouter, FastAPI, HTTPException
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-from fastapi_dbpool import Database, DatabaseSettings, Metrics
-from fastapi_dbpool._http_metrics import UNMATCHED, RequestMetricsMiddleware
+from fastapi_dbpool import Database, DatabaseSettings
+from fastapi_dbpool.observe.http_metrics import UNMATCHED, RequestMetricsMiddleware
+from fastapi_dbpool.observe.metrics import Metrics
 
 Recorded = list[tuple[str, str, int, float]]
 

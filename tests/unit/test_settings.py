@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastapi_dbpool import Database, DatabaseSettings, SettingsError, redact_url
+from fastapi_dbpool import Database, DatabaseSettings
+from fastapi_dbpool.errors import SettingsError
+from fastapi_dbpool.settings import redact_url
 from tests.strategies import passwords
 
 CANARY = "s3cr3t-CANARY"
@@ -27,10 +29,16 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+def test_no_url_is_an_error_that_says_what_to_do() -> None:
+    # No silent default: a library that opened ./something.db would hide the mistake.
+    with pytest.raises(SettingsError, match=r"DATABASE_URL is not set.*Database\(url=\.\.\.\)"):
+        DatabaseSettings.from_env()
+
+
 def test_defaults() -> None:
-    settings = DatabaseSettings.from_env()
+    settings = DatabaseSettings.from_env(url="sqlite:///./app.db")
     assert settings.sqlalchemy_url.drivername == "sqlite+aiosqlite"
-    assert settings.sqlalchemy_url.database == "./users_api.db"
+    assert settings.sqlalchemy_url.database == "./app.db"
     assert settings.pool_pre_ping is True
     assert settings.statement_timeout_ms == 0
 
@@ -178,7 +186,9 @@ def test_unparseable_url_is_fully_redacted() -> None:
     timeout=st.floats(min_value=0.001, max_value=3600),
 )
 def test_valid_pool_numbers_round_trip(size: int, overflow: int, timeout: float) -> None:
-    settings = DatabaseSettings(pool_size=size, max_overflow=overflow, pool_timeout=timeout)
+    settings = DatabaseSettings(
+        url="sqlite:///./app.db", pool_size=size, max_overflow=overflow, pool_timeout=timeout
+    )
     assert (settings.pool_size, settings.max_overflow, settings.pool_timeout) == (
         size,
         overflow,

@@ -263,14 +263,14 @@ def retry_transaction(
 
 
 def _is_unit(value: Any) -> bool:
-    from .._direct import DirectConnection
+    from .direct import DirectConnection
 
     return isinstance(value, AsyncSession | DirectConnection)
 
 
 async def _end(unit: Any, *, commit: bool) -> None:
     """Commit or roll back *unit*; the dependency's own exit then has nothing left to do."""
-    from .._direct import close_direct
+    from .direct import close_direct
 
     if isinstance(unit, AsyncSession):
         await (unit.commit() if commit else unit.rollback())

@@ -13,7 +13,7 @@ from alembic import context
 from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from fastapi_dbpool import DatabaseSettings
+from users_api.config import database_settings
 from users_api.models import Base
 
 config = context.config
@@ -21,8 +21,7 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    explicit = config.get_main_option("sqlalchemy.url")
-    settings = DatabaseSettings.from_env(**({"url": explicit} if explicit else {}))
+    settings = database_settings(config.get_main_option("sqlalchemy.url"))
     return settings.sqlalchemy_url.render_as_string(hide_password=False)
 
 

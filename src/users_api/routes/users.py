@@ -13,15 +13,13 @@ from fastapi_dbpool import (
     ReadConnectionDep,
     ReadSessionDep,
     SyncReadSessionDep,
-    SyncSessionRoute,
 )
 from fastapi_dbpool.errors import conflict_of, error_responses
 
 from ..models import User
 from ..schemas import INT32_MAX, UserCreate, UserOut, UserUpdate
 
-# SyncSessionRoute: the sync endpoint's connection is back before its response is serialised.
-router = APIRouter(prefix="/users", tags=["users"], route_class=SyncSessionRoute)
+router = APIRouter(prefix="/users", tags=["users"])
 
 UserId = Annotated[int, Path(ge=1, le=INT32_MAX, description="The user's id")]
 Limit = Annotated[int, Query(ge=1, le=100)]

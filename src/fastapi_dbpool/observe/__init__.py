@@ -1,0 +1,1 @@
+"""Observability: metrics, the pool dashboard, health checks, leak detection, logs."""

@@ -1,0 +1,166 @@
+"""Health checks: liveness without the database, readiness with a bounded probe.
+
+The probe uses its own connection, never one from the request pool, and its own
+timeout, so that a busy pool is reported as "pool exhausted" and not mistaken for a
+database that is down. Reasons are short fixed phrases: never the driver's message,
+which can contain host names or user names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from .._app import database_of
+
+if TYPE_CHECKING:
+    from ..database import Database
+
+__all__ = ["Check", "HealthReport", "check_readiness", "health_router"]
+
+logger = logging.getLogger("fastapi_dbpool")
+
+DEFAULT_PROBE_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One check's outcome: ``ok`` is True or the ``reason`` says what failed."""
+
+    name: str
+    ok: bool
+    reason: str | None = None
+    #: False for a check whose failure the app works around (a replica: reads go to
+    #: the primary); it makes the report "degraded", not "failing".
+    required: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """The outcome of every check; ``ok`` only if all passed."""
+
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every required check passed."""
+        return all(check.ok for check in self.checks if check.required)
+
+    @property
+    def status(self) -> str:
+        """``"ok"``, ``"degraded"`` (an optional check failed) or ``"failing"``."""
+        if not self.ok:
+            return "failing"
+        return "ok" if all(check.ok for check in self.checks) else "degraded"
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready form: ``{"status": "ok"|"degraded"|"failing", "checks": {...}}``."""
+        return {
+            "status": self.status,
+            "checks": {
+                check.name: {
+                    k: v
+                    for k, v in asdict(check).items()
+                    if k not in ("name", "required") and v is not None
+                }
+                | {"status": "ok" if check.ok else "failing"}
+                for check in self.checks
+            },
+        }
+
+
+async def probe_database(database: Database, timeout: float = DEFAULT_PROBE_TIMEOUT) -> Check:
+    """Run ``SELECT 1`` on a dedicated connection, giving up after *timeout* seconds."""
+    if not database.started:
+        return Check("database", False, "not started")
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            async with database.probe_engine.connect() as conn:
+                # Read-only: on SQLite a default transaction begins IMMEDIATE and would
+                # queue the probe behind (and then ahead of) the app's writers.
+                await conn.execution_options(**database._read_only_options())
+                await conn.execute(text("SELECT 1"))
+    except TimeoutError:
+        reason = f"no answer within {timeout:g} s"
+        _log_failure(database, reason, "TimeoutError", started)
+        return Check("database", False, reason)
+    except Exception as error:  # any failure means "not ready"; details go to the log only
+        _log_failure(database, "unreachable", type(error).__name__, started)
+        return Check("database", False, "unreachable")
+    return Check("database", True)
+
+
+def _log_failure(database: Database, reason: str, error: str, started: float) -> None:
+    # The error's class name only: its message can name hosts and users.
+    logger.warning(
+        "readiness probe failed: %s (%s)",
+        reason,
+        error,
+        extra={
+            "event": "probe_failed",
+            "pool": database.name,
+            "error": error,
+            "elapsed_s": round(time.perf_counter() - started, 3),
+        },
+    )
+
+
+def check_pool(database: Database, *, name: str = "pool", sync: bool = False) -> Check:
+    """Fail when every connection is in use and callers are queued for one.
+
+    With *sync*, check the sync pool of ``def`` endpoints instead of the async pool.
+    """
+    if not database.started:
+        return Check(name, False, "not started")
+    snap = (database.sync_monitor if sync else database.monitor).snapshot()
+    if snap.saturated and snap.waiting > 0:
+        return Check(name, False, f"exhausted: {snap.checked_out} in use, {snap.waiting} waiting")
+    return Check(name, True)
+
+
+async def check_readiness(
+    database: Database, timeout: float = DEFAULT_PROBE_TIMEOUT
+) -> HealthReport:
+    """Check the database (bounded by *timeout*), the pool, and the replica if any.
+
+    The replica is probed at the same time as the primary and is not required: while
+    it is down, reads go to the primary and the report says "degraded".
+    """
+    probes = [probe_database(database, timeout)]
+    if database.replica is not None:
+        probes.append(probe_database(database.replica, timeout))
+    results = await asyncio.gather(*probes)
+    checks = [results[0], check_pool(database)]
+    if database.pools_in_use > 1:  # def endpoints opened the sync pool
+        checks.append(check_pool(database, name="sync_pool", sync=True))
+    if len(results) > 1:
+        replica = results[1]
+        checks.append(Check("replica", replica.ok, replica.reason, required=False))
+    return HealthReport(checks)
+
+
+def health_router(*, probe_timeout: float = DEFAULT_PROBE_TIMEOUT) -> APIRouter:
+    """Routes ``GET /health/live`` and ``GET /health/ready`` for the app's Database."""
+    router = APIRouter(prefix="/health", tags=["health"])
+
+    @router.get("/live")
+    async def live() -> dict[str, object]:
+        # Liveness checks nothing outside the process: a database outage must not
+        # get healthy workers restarted. Same shape as /ready, with no checks.
+        return HealthReport().as_dict()
+
+    @router.get("/ready", responses={503: {"description": "A check failed"}})
+    async def ready(request: Request) -> JSONResponse:
+        report = await check_readiness(database_of(request.app), probe_timeout)
+        return JSONResponse(report.as_dict(), status_code=200 if report.ok else 503)
+
+    return router

@@ -1,0 +1,316 @@
+"""Leak detection: warn when a connection stays checked out longer than it should.
+
+Like HikariCP's ``leakDetectionThreshold``. With ``DB_LEAK_THRESHOLD_S`` set, each
+checkout notes where it happened (the application's frames and the request's method
+and route template) and arms a timer on the event loop. If the connection is still
+out when the timer fires, one WARNING says how long it has been held, by which
+endpoint and from which lines (event ``leak_suspected``), and
+``PoolMonitor.leaks_total`` grows by one. When the connection finally comes back, an
+INFO line says so (event ``leak_returned``). A connection held that long is not
+always lost, a slow report holds one legitimately, hence "suspected".
+
+The cost is paid only when the setting is on: one walk up the stack per checkout that
+keeps ``(code, line)`` pairs of application frames (whether a code object belongs to
+the application is decided once and cached), and one timer per checkout, cancelled at
+checkin. Frames are formatted only when a warning is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import sys
+import sysconfig
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import CodeType, FrameType
+from typing import Any
+
+from greenlet import getcurrent  # type: ignore[import-untyped]  # ships no annotations
+from sqlalchemy.pool import ConnectionPoolEntry
+from starlette.requests import HTTPConnection
+
+from ..pool.monitor import PoolMonitor
+
+__all__ = ["Endpoint", "LeakDetector", "current_endpoint", "endpoint_context", "watch_for_leaks"]
+
+logger = logging.getLogger("fastapi_dbpool")
+
+# Application frames kept per checkout, innermost first.
+MAX_FRAMES = 12
+
+_LEASE = "fastapi_dbpool.lease"
+
+# Top-level packages whose frames never tell where the application took a connection.
+_INFRASTRUCTURE = frozenset(
+    {
+        "fastapi_dbpool",
+        "sqlalchemy",
+        "fastapi",
+        "starlette",
+        "anyio",
+        "asyncio",
+        "uvicorn",
+        "greenlet",
+        "pydantic",
+        "httpx",
+        "httpcore",
+        "concurrent",
+        "contextlib",
+        "threading",
+        "functools",
+    }
+)
+# The standard library, installed packages, and console scripts (bin/uvicorn, bin/pytest).
+_LIBRARY_DIRS = tuple(
+    sorted(
+        {
+            sysconfig.get_paths()[key]
+            for key in ("stdlib", "platstdlib", "purelib", "platlib", "scripts")
+        }
+    )
+)
+_PACKAGE_DIRS = (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}")
+
+# Whether a code object is the application's; code objects live as long as their
+# functions, so this stays as small as the program.
+_is_app_code: dict[CodeType, bool] = {}
+
+Frames = tuple[tuple[CodeType, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """The request a connection was taken for: method, route template and handler."""
+
+    method: str
+    route: str
+    function: Callable[..., Any] | None = None
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.route}"
+
+
+_current: ContextVar[Endpoint | None] = ContextVar("fastapi_dbpool_endpoint", default=None)
+
+
+def current_endpoint() -> Endpoint | None:
+    """The endpoint of the request being served in this context, if any."""
+    return _current.get()
+
+
+@contextmanager
+def endpoint_context(conn: HTTPConnection) -> Iterator[None]:
+    """Note *conn*'s method and route template for log lines about its connections.
+
+    The session dependencies enter this around the request's work; worker threads and
+    tasks started from it inherit the note with the context.
+    """
+    scope = conn.scope
+    route = getattr(scope.get("route"), "path", None) or scope.get("path", "?")
+    endpoint = Endpoint(scope.get("method", "WEBSOCKET"), route, scope.get("endpoint"))
+    token = _current.set(endpoint)
+    try:
+        yield
+    finally:
+        # An abandoned dependency may be finalised in another context; nothing to undo.
+        with suppress(ValueError):
+            _current.reset(token)
+
+
+def _is_application(frame: FrameType) -> bool:
+    module = frame.f_globals.get("__name__") or ""
+    if module.partition(".")[0] in _INFRASTRUCTURE:
+        return False
+    filename = frame.f_code.co_filename
+    if filename.startswith("<"):  # <frozen ...>, <string>
+        return False
+    return not filename.startswith(_LIBRARY_DIRS) and not any(
+        marker in filename for marker in _PACKAGE_DIRS
+    )
+
+
+def capture_frames(frame: FrameType | None) -> Frames:
+    """The application's frames from *frame* outwards, innermost first.
+
+    SQLAlchemy's asyncio layer runs the pool inside a greenlet whose stack ends at the
+    greenlet; the code that awaited it is on the parent greenlet's stack, so the walk
+    continues there.
+    """
+    found: list[tuple[CodeType, int]] = []
+    glet = getcurrent()
+    while True:
+        while frame is not None and len(found) < MAX_FRAMES:
+            code = frame.f_code
+            keep = _is_app_code.get(code)
+            if keep is None:
+                keep = _is_app_code[code] = _is_application(frame)
+            if keep:
+                found.append((code, frame.f_lineno))
+            frame = frame.f_back
+        glet = glet.parent
+        if glet is None or len(found) >= MAX_FRAMES:
+            return tuple(found)
+        frame = glet.gr_frame
+
+
+def format_frames(frames: Frames) -> list[str]:
+    """``File "...", line N, in name`` for each frame, like a traceback."""
+    return [f'File "{code.co_filename}", line {n}, in {code.co_qualname}' for code, n in frames]
+
+
+def _function_frames(function: Callable[..., Any] | None) -> Frames:
+    code = getattr(inspect.unwrap(function), "__code__", None) if function is not None else None
+    return ((code, code.co_firstlineno),) if isinstance(code, CodeType) else ()
+
+
+@dataclass(slots=True, eq=False)
+class _Lease:
+    """One checkout, from the moment the pool hands the connection out."""
+
+    started: float
+    frames: Frames
+    endpoint: Endpoint | None
+    timer: asyncio.TimerHandle | None = None
+    returned: bool = False
+    reported: bool = False
+
+
+class LeakDetector:
+    """Warn once per checkout held past *threshold* seconds; count it in *monitor*.
+
+    Checkouts on the event loop's thread arm their timer directly; checkouts in worker
+    threads (the sync engine) hand it to *loop*, or to the loop of the last checkout
+    seen on an event loop.
+
+    Args:
+        monitor: The pool's monitor; its checkout and checkin hooks feed the detector.
+        threshold: Seconds a connection may be held before it is reported.
+        loop: The event loop that runs the timers of worker-thread checkouts.
+    """
+
+    def __init__(
+        self,
+        monitor: PoolMonitor,
+        threshold: float,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.monitor = monitor
+        self.threshold = threshold
+        self._loop = loop
+        # Checkin (any thread) and the timer (loop thread) race to settle a lease.
+        self._lock = threading.Lock()
+        self._leases: set[_Lease] = set()
+        monitor.on_checkout(self._checked_out)
+        monitor.on_checkin(self._checked_in)
+
+    def stop(self) -> None:
+        """Cancel every pending timer (the app is stopping); later checkouts re-arm."""
+        with self._lock:
+            leases, self._leases = self._leases, set()
+        for lease in leases:
+            if lease.timer is not None:
+                lease.timer.cancel()
+        self._loop = None
+
+    # -- pool hooks -----------------------------------------------------------------
+
+    def _checked_out(self, record: ConnectionPoolEntry) -> None:
+        on_loop = _running_loop()
+        loop = on_loop or self._loop
+        if loop is None:
+            return  # no event loop to time it with: sync code outside any app
+        lease = _Lease(time.perf_counter(), capture_frames(sys._getframe(1)), _current.get())
+        record.info[_LEASE] = lease
+        self._leases.add(lease)
+        if on_loop is not None:
+            self._loop = on_loop
+            self._arm(lease)
+        else:
+            with suppress(RuntimeError):  # the loop has closed: the app is gone
+                loop.call_soon_threadsafe(self._arm, lease)
+
+    def _checked_in(self, record: ConnectionPoolEntry, held: float) -> None:
+        lease = record.info.pop(_LEASE, None)
+        if not isinstance(lease, _Lease):
+            return
+        with self._lock:
+            lease.returned = True
+            timer, reported = lease.timer, lease.reported
+        self._leases.discard(lease)
+        if timer is not None:
+            if _running_loop() is not None:
+                timer.cancel()
+            elif self._loop is not None:
+                with suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(timer.cancel)
+        if reported:
+            logger.info(
+                "connection of pool %s reported as leaked was returned after %.2f s",
+                self.monitor.name,
+                held,
+                extra={
+                    "pool": self.monitor.name,
+                    "event": "leak_returned",
+                    "held_seconds": round(held, 3),
+                    "endpoint": str(lease.endpoint) if lease.endpoint else None,
+                },
+            )
+
+    # -- on the event loop ------------------------------------------------------------
+
+    def _arm(self, lease: _Lease) -> None:
+        loop = self._loop
+        with self._lock:
+            if lease.returned or loop is None:
+                return
+            delay = self.threshold - (time.perf_counter() - lease.started)
+            lease.timer = loop.call_later(max(delay, 0.0), self._expired, lease)
+
+    def _expired(self, lease: _Lease) -> None:
+        with self._lock:
+            if lease.returned or lease.reported:
+                return
+            lease.reported = True
+        self.monitor.leaks_total += 1
+        held = time.perf_counter() - lease.started
+        endpoint = lease.endpoint
+        frames = lease.frames or _function_frames(endpoint.function if endpoint else None)
+        where = format_frames(frames)
+        logger.warning(
+            "connection of pool %s held for %.2f s (DB_LEAK_THRESHOLD_S=%g) by %s; "
+            "checked out at:\n  %s",
+            self.monitor.name,
+            held,
+            self.threshold,
+            endpoint or "work outside a request",
+            "\n  ".join(where) or "(no application frame on the stack)",
+            extra={
+                "pool": self.monitor.name,
+                "event": "leak_suspected",
+                "held_seconds": round(held, 3),
+                "threshold_seconds": self.threshold,
+                "endpoint": str(endpoint) if endpoint else None,
+                "checked_out_at": where,
+            },
+        )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def watch_for_leaks(
+    monitor: PoolMonitor, threshold: float, loop: asyncio.AbstractEventLoop | None = None
+) -> LeakDetector | None:
+    """A :class:`LeakDetector` on *monitor*, or None when *threshold* is 0 (off)."""
+    return LeakDetector(monitor, threshold, loop) if threshold > 0 else None

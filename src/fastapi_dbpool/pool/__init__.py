@@ -1,0 +1,1 @@
+"""The pool: fair waiting, statistics, pre-ping and cleanup that survives cancellation."""

@@ -1,0 +1,1 @@
+"""What PostgreSQL needs: connect options, statement timeouts (also behind PgBouncer), replicas."""

@@ -1,0 +1,1 @@
+"""The request path: session and connection dependencies, direct connections, sync sessions."""

@@ -1,0 +1,137 @@
+"""The sync engine behind :mod:`fastapi_dbpool.request.sync`: psycopg 3 or sqlite3, monitored.
+
+Same pool settings as the async engine, its own connections, and on SQLite the same
+pragmas and the same process-wide write gate (see :mod:`fastapi_dbpool.sqlite.gate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import math
+from contextlib import suppress
+from typing import Any
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from .._compat import greenlet_spawn
+from ..errors import PoolTimeout
+from ..pool.ping import install_idle_ping
+from ..pool.queue_pool import MonitoredSyncPool
+from ..postgres.options import install_statement_timeout
+from ..settings import DatabaseSettings
+from ..sqlite.gate import WriteGate, configure_sqlite
+from ..sqlite.interrupt import install_statement_guard
+
+__all__ = ["create_sync_engine"]
+
+
+def create_sync_engine(
+    settings: DatabaseSettings,
+    name: str,
+    write_gate: WriteGate | None,
+    loop: asyncio.AbstractEventLoop,
+) -> Engine:
+    """A sync engine for *settings*' database; on SQLite it takes *write_gate* on *loop*."""
+    engine = create_engine(settings.sync_url, **_engine_options(settings, name))
+    if settings.backend == "sqlite":
+        assert write_gate is not None, "the async engine creates the gate when it starts"
+        gate = _LoopWriteGate(write_gate, loop)
+        configure_sqlite(engine, gate, settings.sqlite_busy_timeout_ms)
+        install_statement_guard(engine, settings.statement_timeout_ms)
+    else:
+        install_statement_timeout(engine, settings)
+        if settings.pool_pre_ping:
+            # The same idle-aware ping as the async pool (see pool/ping.py), not
+            # SQLAlchemy's ping on every checkout.
+            install_idle_ping(engine.pool, settings.pool_pre_ping_idle_s, engine.dialect.do_ping)
+    return engine
+
+
+class _LoopWriteGate(WriteGate):
+    """The process's SQLite :class:`WriteGate`, taken from worker threads.
+
+    Sync and async sessions must share one gate, or two writers of the same process
+    would meet in SQLite's busy handler. The gate lives on the event loop; a worker
+    thread takes it by running the gate's own ``acquire`` there and blocking until it
+    returns, which ``DB_POOL_TIMEOUT`` bounds.
+    """
+
+    def __init__(self, gate: WriteGate, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(gate.timeout)
+        self._gate = gate
+        self._loop = loop
+
+    @property
+    def held(self) -> bool:
+        """True while a transaction, sync or async, holds the gate."""
+        return self._gate.held
+
+    def acquire(self, record: ConnectionPoolEntry) -> None:
+        """Block this worker thread until the loop's gate is taken for *record*."""
+        if _running_loop() is self._loop:
+            raise RuntimeError(
+                "a sync session was used on the event loop's thread, where it would block "
+                "every request; use it in `def` endpoints and dependencies"
+            )
+        taking = asyncio.run_coroutine_threadsafe(
+            greenlet_spawn(self._gate.acquire, record), self._loop
+        )
+        # The loop side gives up after DB_POOL_TIMEOUT; this bound only matters if the
+        # loop stops answering. Giving up here is safe: should the gate be taken for
+        # *record* later, the connection's checkin gives it back.
+        try:
+            taking.result(timeout=self.timeout + 1)
+        except concurrent.futures.TimeoutError:
+            taking.cancel()
+            raise PoolTimeout(
+                f"database busy: SQLite's write lock was not free within {self.timeout:.2f} s "
+                "(DB_POOL_TIMEOUT); keep write transactions short"
+            ) from None
+
+    def release(self, record: ConnectionPoolEntry) -> None:
+        """Give the gate back on the loop if *record* holds it."""
+        with suppress(RuntimeError):  # the loop is closed: the gate went with it
+            self._loop.call_soon_threadsafe(self._gate.release, record)
+
+
+def _engine_options(settings: DatabaseSettings, name: str) -> dict[str, Any]:
+    connect_args: dict[str, Any]
+    if settings.backend == "sqlite":
+        # Connections move between worker threads, one thread at a time.
+        connect_args = {
+            "timeout": settings.sqlite_busy_timeout_ms / 1000,
+            "check_same_thread": False,
+        }
+    else:
+        # libpq counts connect_timeout in whole seconds.
+        connect_args = {
+            "connect_timeout": max(1, math.ceil(settings.connect_timeout)),
+            "application_name": f"fastapi_dbpool:{name}",
+        }
+        if settings.pgbouncer:
+            # Behind PgBouncer in transaction mode: no server-side prepared statements
+            # (psycopg names them per connection), and the deadline is SET LOCAL in
+            # each transaction, a startup parameter being refused (see _postgres.py).
+            connect_args["prepare_threshold"] = None
+        elif settings.statement_timeout_ms:
+            connect_args["options"] = f"-c statement_timeout={settings.statement_timeout_ms}"
+    return {
+        "poolclass": MonitoredSyncPool,
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.max_overflow,
+        "pool_timeout": settings.pool_timeout,
+        "pool_recycle": settings.pool_recycle,
+        "pool_pre_ping": False,  # replaced by install_idle_ping
+        "echo": settings.echo,
+        "connect_args": connect_args,
+    }
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

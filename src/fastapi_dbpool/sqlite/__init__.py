@@ -1,0 +1,1 @@
+"""What SQLite needs: WAL and pragmas, one writer at a time, statement deadlines."""
