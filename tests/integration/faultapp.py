@@ -114,6 +114,7 @@ class Rendezvous:
     def __init__(self) -> None:
         self.barrier = asyncio.Barrier(2)
         self.calls: dict[str, int] = {}
+        self.database: Database | None = None  # the app's, once built
 
     def count(self, name: str) -> int:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -127,6 +128,7 @@ def build_app(settings: DatabaseSettings, meeting: Rendezvous) -> FastAPI:
     app = FastAPI()
     database = Database(settings)
     database.install(app)
+    meeting.database = database
 
     @app.post("/fault/session")
     async def fault_session(code: str, session: SessionDep) -> dict[str, Any]:

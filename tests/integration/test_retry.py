@@ -71,6 +71,8 @@ async def test_deadlocked_handlers_both_succeed(
     )
     assert [first.status_code, second.status_code] == [200, 200], (first.text, second.text)
     assert meeting.calls["lock"] == 3  # the deadlock's victim ran again, once
+    assert meeting.database is not None
+    assert meeting.database.pool_snapshot().retries_total == 1  # dbpool_transaction_retries_total
 
 
 @pytest.mark.postgres_only
@@ -110,7 +112,7 @@ async def test_background_unit_runs_again_until_it_commits(
 ) -> None:
     calls = 0
 
-    @Transaction(database, RetryPolicy(retries=5, backoff_s=0.01))
+    @database.transaction(retries=5, backoff_s=0.01)
     async def add(session, fail_times: int) -> int:
         nonlocal calls
         calls += 1
@@ -118,6 +120,7 @@ async def test_background_unit_runs_again_until_it_commits(
         return calls
 
     assert await add(2) == 3
+    assert database.pool_snapshot().retries_total == 2
     async with database.session(read_only=True) as session:
         assert await session.scalar(select(func.count()).where(Row.n == 7)) == 1
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import classify
+from ..pool.monitor import MONITOR_INFO_KEY
 
 if TYPE_CHECKING:
     from ..database import Database
@@ -167,9 +168,7 @@ class Transaction:
         self._single: Any = None
 
     def _on_retry(self, code: str) -> None:
-        record = getattr(self.database.monitor, "record_retry", None)
-        if record is not None:
-            record(code)
+        self.database.monitor.record_retry(code)
 
     async def __aiter__(self) -> AsyncIterator[Attempt]:
         budget = _Budget(self.policy, self._on_retry)
@@ -281,8 +280,10 @@ async def _end(unit: Any, *, commit: bool) -> None:
 def _recorder(units: list[Any]) -> Callable[[str], None] | None:
     # The Database behind the handler's session or connection counts the retries.
     for unit in units:
-        database = getattr(unit, "_database", None) or unit.info.get("fastapi_dbpool")
-        record = getattr(getattr(database, "monitor", None), "record_retry", None)
-        if record is not None:
-            return record  # type: ignore[no-any-return]
+        if isinstance(unit, AsyncSession):
+            monitor = unit.info.get(MONITOR_INFO_KEY)
+        else:
+            monitor = unit._database.monitor
+        if monitor is not None:
+            return monitor.record_retry  # type: ignore[no-any-return]
     return None
