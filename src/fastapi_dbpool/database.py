@@ -255,7 +255,7 @@ class Database:
         if factory is None:
             self.engine  # noqa: B018 - raises DatabaseNotStarted with the reason
             raise AssertionError("unreachable")
-        return session_unit(factory, read_only=read_only)
+        return session_unit(factory, read_only=read_only, gate=self.write_gate)
 
     def with_session(
         self, func: Callable[Concatenate[AsyncSession, P], Awaitable[R]]
