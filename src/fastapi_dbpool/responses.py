@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -36,7 +37,6 @@ from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match
 
 from .errors import STATEMENT_TIMEOUT, DatabaseUnavailable, classify, conflict_of
 
@@ -129,21 +129,26 @@ async def _http_error(request: Request, error: Exception) -> Response:
     if error.status_code in (204, 304) or error.status_code < 200:
         return Response(status_code=error.status_code, headers=headers)
     if error.status_code == 405:
-        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        allowed = _allowed_methods(request, (headers or {}).get("Allow"))
+        if allowed:
+            headers = {**(headers or {}), "Allow": allowed}
     body = {"detail": error.detail, "code": _status_code_name(error.status_code)}
     return JSONResponse(body, status_code=error.status_code, headers=headers)
 
 
-def _allowed_methods(request: Request) -> str:
-    # Starlette's 405 names the methods of the first route whose path matched; a path
-    # served by several routes (GET, PATCH, DELETE /users/{id}) allows all of theirs.
-    allowed: set[str] = set()
-    for route in getattr(request.app, "routes", ()):
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        methods = getattr(route, "methods", None)
-        if match is not Match.NONE and methods:
-            allowed |= set(methods)
-    return ", ".join(sorted(allowed))
+def _allowed_methods(request: Request, given: str | None) -> str | None:
+    # Starlette's 405 names the methods of the one route that matched; a path served
+    # by several routes (GET, PATCH, DELETE /users/{id}) allows all of theirs. The
+    # app's OpenAPI paths list them (routes outside the schema keep Starlette's answer).
+    openapi = getattr(request.app, "openapi", None)
+    if openapi is None:
+        return given
+    path = request.url.path
+    allowed: set[str] = set(given.split(", ")) if given else set()
+    for template, operations in openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\{[^/]+\\}", "[^/]+", re.escape(template)), path):
+            allowed |= {method.upper() for method in operations}
+    return ", ".join(sorted(allowed)) if allowed else given
 
 
 def install_error_handlers(app: Any) -> None:

@@ -51,3 +51,26 @@ async def test_every_observed_status_is_declared(app: FastAPI, client: httpx.Asy
     seen = {status for statuses in OBSERVED.values() for status in statuses}
     assert {404, 409, 413, 422} <= seen, seen
     assert undeclared(app.openapi()) == {}
+
+
+async def test_405_allows_every_method_of_the_path(client: httpx.AsyncClient) -> None:
+    response = await client.put("/users/1", json={})
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) == {"GET", "PATCH", "DELETE"}
+    assert response.json()["code"] == "method_not_allowed"
+
+
+async def test_links_name_existing_operations(app: FastAPI) -> None:
+    schema = app.openapi()
+    operations = {
+        operation["operationId"] for path in schema["paths"].values() for operation in path.values()
+    }
+    links = [
+        link
+        for path in schema["paths"].values()
+        for operation in path.values()
+        for response in operation["responses"].values()
+        for link in response.get("links", {}).values()
+    ]
+    assert len(links) == 7  # user -> get, patch, delete; item -> get, patch, delete, process
+    assert {link["operationId"] for link in links} <= operations
