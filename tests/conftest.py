@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,19 @@ from fastapi_dbpool.testing import assert_pool_idle
 from tests.backends import migrate, postgres_database, require_postgres
 
 BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Give each run a temporary directory of its own, removed when the run ends.
+
+    pytest's default base directory is shared by every run of the user and keeps only
+    the three newest: a second run started meanwhile (another checkout, an editor)
+    deletes the first run's SQLite files under its feet.
+    """
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="dbpool-tests-")
+        config.add_cleanup(lambda: shutil.rmtree(config.option.basetemp, ignore_errors=True))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

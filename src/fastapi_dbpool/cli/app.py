@@ -4,8 +4,8 @@
 ``WEB_CONCURRENCY``) and says whether the pool fits the server; ``bench`` puts a short
 load on a running app. Both print rich tables, or JSON with ``--json``, and exit 0 when
 all is well, 1 on warnings (or error answers), 2 on errors. The URL's password is never
-printed. The logic lives in :mod:`fastapi_dbpool._doctor` and
-:mod:`fastapi_dbpool._loadgen`; this module parses options and renders.
+printed. The logic lives in :mod:`fastapi_dbpool.cli.doctor` and
+:mod:`fastapi_dbpool.cli.loadgen`; this module parses options and renders.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 wrk is faster than any Python client, so it measures the app rather than the load
 generator. A generated Lua script sets the method, body and headers, counts responses
 by status in every thread, and prints one JSON line that we parse into the same summary
-as :meth:`fastapi_dbpool._loadgen.LoadResult.as_dict`.
+as :meth:`fastapi_dbpool.cli.loadgen.LoadResult.as_dict`.
 """
 
 from __future__ import annotations
