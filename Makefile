@@ -50,6 +50,13 @@ test: lint typecheck pytest  ## ruff, mypy --strict, and every test on SQLite an
 chaos: $(STAMP)  ## the long chaos runs of item processing (tests/reliability/test_item_chaos.py)
 	$(BIN)/pytest -m chaos tests/reliability/test_item_chaos.py -s $(PYTEST_ARGS)
 
+# schemathesis against users_api's schema on both databases, with many more examples than
+# the short run in `make test` (FUZZ_EXAMPLES, FUZZ_SEED).
+FUZZ_EXAMPLES ?= 300
+FUZZ_SEED ?= 1
+fuzz: $(STAMP)  ## fuzz the API (tests/fuzz) for longer
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(BIN)/pytest tests/fuzz -p no:cacheprovider
+
 # Measures users_api against a raw-driver app, a SQLAlchemy async ORM app, the tutorial's
 # sync-session app and a no-database app, on PostgreSQL (BENCH_POSTGRES_URL, default
 # TEST_POSTGRES_URL) and SQLite; writes bench/results/<date>.md/.json/.png (~20 min).

@@ -26,7 +26,7 @@ from .errors import DatabaseNotStarted, InheritedAcrossFork
 from .observe.leaks import watch_for_leaks
 from .ops.startup_check import cancel_budget_check, schedule_budget_check
 from .pool.cleanup import wait_for_pending_cleanups
-from .pool.monitor import PoolMonitor, PoolSnapshot
+from .pool.monitor import MONITOR_INFO_KEY, PoolMonitor, PoolSnapshot
 from .pool.ping import install_idle_ping
 from .pool.queue_pool import MonitoredPool
 from .postgres.no_answer import install_no_answer
@@ -42,6 +42,7 @@ from .sqlite.interrupt import install_statement_guard
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
+    from .request.retry import Transaction
     from .request.sync import SyncDatabase
 
 __all__ = ["Database", "DatabaseDep"]
@@ -184,9 +185,11 @@ class Database:
         self._started_pid = os.getpid()
         _STARTED.add(self)
         self._loop = asyncio.get_running_loop()
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # info: what a retried handler's session counts its retries on (request/retry.py).
+        info = {MONITOR_INFO_KEY: self.monitor}
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False, info=info)
         read_engine = engine.execution_options(**self._read_only_options())
-        self._read_sessions = async_sessionmaker(read_engine, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(read_engine, expire_on_commit=False, info=info)
         logger.debug(
             "database started",
             extra={
@@ -313,7 +316,7 @@ class Database:
         if factory is None or self._inherited:
             self.engine  # noqa: B018 - raises DatabaseNotStarted with the reason
             raise AssertionError("unreachable")
-        return session_unit(factory, read_only=read_only)
+        return session_unit(factory, read_only=read_only, gate=self.write_gate)
 
     def with_session(
         self, func: Callable[Concatenate[AsyncSession, P], Awaitable[R]]
@@ -334,6 +337,41 @@ class Database:
                 return await func(session, *args, **kwargs)
 
         return wrapper
+
+    def transaction(
+        self,
+        retries: int = 3,
+        *,
+        max_seconds: float = 5.0,
+        backoff_s: float = 0.02,
+        read_only: bool = False,
+    ) -> Transaction:
+        """A unit of work in its own session, re-run on a serialization failure or deadlock.
+
+        For background work and scripts whose only side effects are in the database
+        (request handlers opt in with ``retry_transaction``; see
+        :mod:`fastapi_dbpool.request.retry` for the rule)::
+
+            @database.transaction(retries=5)
+            async def transfer(session: AsyncSession, source: int, target: int) -> None: ...
+
+            async for attempt in database.transaction(retries=5):
+                async with attempt as session:
+                    ...
+
+        Args:
+            retries: Attempts after the first; 0 runs the unit once.
+            max_seconds: Bound on the whole unit, attempts and backoff included.
+            backoff_s: Base of the exponential backoff (full jitter, capped at 0.5 s).
+            read_only: A read-only session (see :meth:`session`).
+
+        The last failure is raised as it was (a transient error: answered 503). Each
+        retry is counted in ``dbpool_transaction_retries_total``.
+        """
+        from .request.retry import RetryPolicy, Transaction
+
+        policy = RetryPolicy(retries=retries, max_seconds=max_seconds, backoff_s=backoff_s)
+        return Transaction(self, policy, read_only=read_only)
 
     @property
     def sync(self) -> SyncDatabase:

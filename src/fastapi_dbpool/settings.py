@@ -11,6 +11,8 @@ show it with the password replaced by ``***``.
 
 from __future__ import annotations
 
+import inspect
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import (
@@ -48,6 +50,30 @@ _ASYNC_DRIVERS = {
 # The sync twin of each async driver, for sync sessions and tools that need one.
 _SYNC_DRIVERS = {"postgresql+asyncpg": "postgresql+psycopg", "sqlite+aiosqlite": "sqlite+pysqlite"}
 
+# What the SQLite driver takes from the URL's query (SQLAlchemy's pysqlite dialect passes
+# these to sqlite3.connect), and, with uri=true, what SQLite's own URI filenames take.
+_SQLITE_OPTIONS = frozenset(
+    {"uri", "timeout", "isolation_level", "detect_types", "check_same_thread", "cached_statements"}
+)
+_SQLITE_URI_OPTIONS = frozenset({"mode", "cache", "psow", "nolock", "immutable", "vfs"})
+# asyncpg.connect() arguments that cannot come from text, and SQLAlchemy's own options.
+_ASYNCPG_OBJECTS = frozenset({"dsn", "loop", "connection_class", "record_class", "server_settings"})
+_ASYNCPG_SQLALCHEMY = frozenset({"prepared_statement_cache_size", "sslmode"})
+
+
+@cache
+def _asyncpg_options() -> frozenset[str]:
+    """The query options asyncpg accepts: the keyword arguments of its ``connect()``."""
+    import asyncpg
+
+    parameters = set(inspect.signature(asyncpg.connect).parameters)
+    return frozenset(parameters - _ASYNCPG_OBJECTS) | _ASYNCPG_SQLALCHEMY
+
+
+def _is_secret_option(key: str) -> bool:
+    return "password" in key.lower()
+
+
 # Field name -> environment variable, for messages. Declared once, next to the fields.
 _ENV_NAMES: dict[str, str] = {}
 
@@ -67,6 +93,9 @@ def redact_url(url: str | URL) -> str:
         parsed = url if isinstance(url, URL) else make_url(url)
     except (ArgumentError, ValueError):
         return "<unparseable database URL>"
+    secret = [key for key in parsed.query if _is_secret_option(key)]
+    if secret:  # ?password=... is as secret as the userinfo's
+        parsed = parsed.update_query_dict(dict.fromkeys(secret, "***"))
     return parsed.render_as_string(hide_password=True)
 
 
@@ -81,6 +110,14 @@ def normalise_url(raw: str) -> URL:
         known = ", ".join(sorted({d.split("+")[0] + "://" for d in _ASYNC_DRIVERS}))
         raise ValueError(f"uses the unsupported scheme {url.drivername}:// (supported: {known})")
     url = url.set(drivername=driver)
+    _check_query_options(url)
+    if "password" in url.query:
+        # A password in the query goes where SQLAlchemy and every rendering of the URL
+        # hide it; the driver receives it the same way (the query's would win anyway).
+        password = url.query["password"]
+        if not isinstance(password, str):
+            raise ValueError("gives the query option 'password' more than once")
+        url = url.difference_update_query(["password"]).set(password=password)
     if driver.startswith("sqlite"):
         if url.database in (None, "", ":memory:") or "mode=memory" in str(url.query):
             # Every pooled connection would get its own empty in-memory database.
@@ -92,6 +129,25 @@ def normalise_url(raw: str) -> URL:
         mode = url.query["sslmode"]
         url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
     return url
+
+
+def _check_query_options(url: URL) -> None:
+    """Refuse a query option the driver would refuse at every connection attempt."""
+    if url.drivername.startswith("sqlite"):
+        accepted = _SQLITE_OPTIONS
+        if str(url.query.get("uri", "")).lower() in ("true", "1"):
+            accepted |= _SQLITE_URI_OPTIONS
+        driver = "sqlite3 (add uri=true for SQLite's URI options)"
+    else:
+        accepted = _asyncpg_options()
+        driver = "asyncpg"
+    unknown = sorted(set(url.query) - accepted)
+    if unknown:
+        names = ", ".join(repr(key) for key in unknown)
+        raise ValueError(
+            f"has the query option(s) {names}, which {driver} does not accept "
+            f"(accepted: {', '.join(sorted(accepted))})"
+        )
 
 
 class DatabaseSettings(BaseSettings):
@@ -295,5 +351,5 @@ def _describe(exc: ValidationError) -> str:
                 "sqlite:///./app.db) or pass the URL, Database(url=...)"
             )
             continue
-        problems.append(f"{env}: {error['msg']}")
+        problems.append(f"{env}: {error['msg'].removeprefix('Value error, ')}")
     return "invalid database settings: " + "; ".join(problems)

@@ -20,6 +20,7 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from pydantic.config import JsonDict
 
 INT32_MAX = 2**31 - 1
 
@@ -50,14 +51,31 @@ def _utc_iso(value: datetime) -> str:
     return value.isoformat(timespec="microseconds")
 
 
+# What the validators accept, said in the schema too (clients and the fuzzer read it):
+# no NUL anywhere, and a name is more than whitespace (str.strip() strips \x1c-\x1f and
+# \x85 too, which JSON Schema's \s does not cover).
+_NO_NUL = "^[^\\u0000]*$"
+_NOT_BLANK = "^[^\\u0000]*[^\\s\\u0000\\u001c-\\u001f\\u0085][^\\u0000]*$"
+
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
     AfterValidator(_storable),
+    Field(json_schema_extra={"pattern": _NOT_BLANK}),
 ]
 Title = Name
-Description = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(_storable)]
-Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_normalise_email)]
+Description = Annotated[
+    str,
+    StringConstraints(max_length=10_000),
+    AfterValidator(_storable),
+    Field(json_schema_extra={"pattern": _NO_NUL}),
+]
+Email = Annotated[
+    str,
+    StringConstraints(max_length=254),
+    AfterValidator(_normalise_email),
+    Field(json_schema_extra={"format": "email"}),
+]
 RowId = Annotated[int, Field(ge=1, le=INT32_MAX)]
 # ISO 8601 in UTC with an explicit offset and microseconds, the same on both databases.
 Timestamp = Annotated[datetime, PlainSerializer(_utc_iso, return_type=str)]
@@ -67,8 +85,26 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _patch_schema(schema: JsonDict, model: type[BaseModel]) -> None:
+    # The fields are optional, typed "X | None" only so that an absent field can be told
+    # from a given one; null is refused except where _nullable says. Say so in the schema.
+    nullable: frozenset[str] = getattr(model, "_nullable", frozenset())
+    properties = schema.get("properties", {})
+    assert isinstance(properties, dict)
+    for name, field in properties.items():
+        if name in nullable or not isinstance(field, dict) or "anyOf" not in field:
+            continue
+        options = [option for option in field.pop("anyOf") if option != {"type": "null"}]  # type: ignore[union-attr]
+        (only,) = options
+        field.update(only)  # type: ignore[arg-type]
+        field.pop("default", None)
+    schema["minProperties"] = 1
+
+
 class _Patch(_Request):
     """A partial update: at least one field, and ``null`` only where a field allows it."""
+
+    model_config = ConfigDict(json_schema_extra=_patch_schema)
 
     _nullable: ClassVar[frozenset[str]] = frozenset()
 

@@ -100,12 +100,16 @@ async def test_refused_inside_a_transaction_and_on_read_only(settings: DatabaseS
 
 async def test_cancelled_mid_statement_returns_its_connection(settings: DatabaseSettings) -> None:
     # The blocked INSERT waits on the holder's uncommitted row (PostgreSQL's unique
-    # index) or on the write gate (SQLite); cancelling it must not leak the connection.
+    # index), holding a connection, or on the write gate (SQLite), holding none yet;
+    # cancelling it must not leak the connection.
     async with Database(settings) as database:
+        gate = database.write_gate
         async with database.connection() as holder:
             await holder.all(ADD, name="K", email="k@x.com")
             blocked = asyncio.create_task(_committed(database, "k@x.com"))
-            while database.pool_snapshot().checked_out < 2:  # noqa: ASYNC110 - polls a gauge
+            while (  # noqa: ASYNC110 - polls a gauge
+                database.pool_snapshot().checked_out < 2 if gate is None else gate.waiting < 1
+            ):
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.1)
             blocked.cancel()

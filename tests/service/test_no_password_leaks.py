@@ -109,10 +109,21 @@ def assert_no_canary(responses: list[httpx.Response], logs: str) -> None:
     assert CANARY not in logs
 
 
+def with_canary(url: str, placement: str) -> str:
+    """*url* with the canary password in its userinfo, or as ``?password=`` (libpq's spelling)."""
+    parsed = make_url(url)
+    if placement == "query":
+        parsed = parsed.update_query_dict({"password": CANARY})
+    else:
+        parsed = parsed.set(password=CANARY)
+    return parsed.render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize("placement", ["userinfo", "query"])
 async def test_canary_with_the_database_up(
-    backend: str, database_url: str, every_log_line: io.StringIO
+    backend: str, database_url: str, every_log_line: io.StringIO, placement: str
 ) -> None:
-    url = make_url(database_url).set(password=CANARY).render_as_string(hide_password=False)
+    url = with_canary(database_url, placement)
     responses = await exercise(url, database_up=True)
     cli_output = await asyncio.to_thread(run_cli, url)  # the CLI runs its own loop
     assert "PostgreSQL" in cli_output  # doctor really talked to the server
@@ -120,8 +131,11 @@ async def test_canary_with_the_database_up(
     assert_no_canary(responses, every_log_line.getvalue())
 
 
-async def test_canary_with_the_database_down(backend: str, every_log_line: io.StringIO) -> None:
-    url = f"postgresql://app:{CANARY}@127.0.0.1:{free_port()}/app"
+@pytest.mark.parametrize("placement", ["userinfo", "query"])
+async def test_canary_with_the_database_down(
+    backend: str, every_log_line: io.StringIO, placement: str
+) -> None:
+    url = with_canary(f"postgresql://app@127.0.0.1:{free_port()}/app", placement)
     responses = await exercise(url, database_up=False)
     cli_output = await asyncio.to_thread(
         run_cli, url

@@ -26,6 +26,7 @@ SNAPSHOT = PoolSnapshot(
     connects_total=12,
     invalidations_total=1,
     leaks_total=2,
+    retries_total=4,
     wait_seconds_total=4.5,
     wait_seconds_max=1.5,
 )

@@ -131,6 +131,51 @@ def test_redaction_holds_for_any_password(password: str) -> None:
     assert password not in settings.redacted_url
 
 
+def test_password_in_the_query_is_redacted_everywhere() -> None:
+    # libpq's spelling: postgresql://user@h/db?password=...
+    settings = DatabaseSettings.from_env(url=f"postgresql://user@h:5432/db?password={CANARY}")
+    for text in (repr(settings), str(settings), settings.redacted_url, repr(Database(settings))):
+        assert CANARY not in text
+    assert CANARY not in repr(settings.sqlalchemy_url)  # SQLAlchemy's own rendering too
+    assert settings.sqlalchemy_url.password == CANARY  # ...and the driver still gets it
+    assert CANARY not in redact_url(f"postgresql://u@h/db?sslpassword={CANARY}&password={CANARY}")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@h/db?foo=bar",
+        "postgresql://u@h/db?application_name=x",
+        "sqlite:///./app.db?foo=bar",
+        "sqlite:///./app.db?mode=ro",  # a SQLite URI option, without uri=true
+    ],
+)
+def test_unknown_query_option_stops_the_start(url: str) -> None:
+    option = url.rsplit("?", 1)[1].split("=")[0]
+    with pytest.raises(SettingsError, match=rf"DATABASE_URL: .*'{option}'"):
+        DatabaseSettings.from_env(url=url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@h/db?sslmode=require&command_timeout=5&statement_cache_size=0",
+        "postgresql://u@h/db?target_session_attrs=read-write&password=x",
+        "sqlite:///./app.db?timeout=3",
+        "sqlite:///./app.db?uri=true&cache=private",
+    ],
+)
+def test_query_options_the_driver_accepts_pass(url: str) -> None:
+    DatabaseSettings.from_env(url=url)
+
+
+def test_replica_query_option_names_its_variable() -> None:
+    with pytest.raises(SettingsError, match=r"DATABASE_REPLICA_URL: .*'foo'"):
+        DatabaseSettings.from_env(
+            url="postgresql://u@h/db", replica_url="postgresql://u@r/db?foo=1"
+        )
+
+
 def test_unparseable_url_is_fully_redacted() -> None:
     assert redact_url("::::") == "<unparseable database URL>"
 

@@ -70,6 +70,11 @@ POOL_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("dbpool_connects_total", "connects_total", "New server connections opened."),
     ("dbpool_invalidations_total", "invalidations_total", "Connections discarded as broken."),
     ("dbpool_leaks_total", "leaks_total", "Checkouts held longer than the leak threshold."),
+    (
+        "dbpool_transaction_retries_total",
+        "retries_total",
+        "Units of work run again after a serialization failure or deadlock.",
+    ),
 )
 
 # Checkout waits: tens of microseconds when a connection is free, up to DB_POOL_TIMEOUT.

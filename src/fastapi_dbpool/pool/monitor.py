@@ -16,12 +16,14 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 
-__all__ = ["DurationObserver", "PoolMonitor", "PoolSnapshot"]
+__all__ = ["MONITOR_INFO_KEY", "DurationObserver", "PoolMonitor", "PoolSnapshot"]
 
 # A callback that receives one duration in seconds (checkout wait or hold time).
 DurationObserver = Callable[[float], None]
 
 _CHECKED_OUT_AT = "fastapi_dbpool.checked_out_at"
+# Key of a session's ``info`` that holds the monitor of its pool.
+MONITOR_INFO_KEY = "fastapi_dbpool.monitor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,7 @@ class PoolSnapshot:
         connects_total: New server connections opened.
         invalidations_total: Connections thrown away as broken.
         leaks_total: Checkouts held past ``DB_LEAK_THRESHOLD_S`` (leak detection).
+        retries_total: Units of work run again after a serialization failure or deadlock.
         wait_seconds_total: Time spent waiting, summed over callers.
         wait_seconds_max: Longest single wait.
     """
@@ -57,6 +60,7 @@ class PoolSnapshot:
     connects_total: int
     invalidations_total: int
     leaks_total: int
+    retries_total: int
     wait_seconds_total: float
     wait_seconds_max: float
 
@@ -87,6 +91,7 @@ class PoolMonitor:
         self.connects_total = 0
         self.invalidations_total = 0
         self.leaks_total = 0  # incremented by leak detection
+        self.retries_total = 0  # incremented by transaction retry (record_retry)
         self.in_use = 0  # checkouts not yet checked in, counted from the events
         self.wait_seconds_total = 0.0
         self.wait_seconds_max = 0.0
@@ -111,6 +116,10 @@ class PoolMonitor:
     def on_checkin(self, observer: Callable[[ConnectionPoolEntry, float], None]) -> None:
         """Call *observer* with the entry and its hold time when a connection returns."""
         self._checkin_observers.append(observer)
+
+    def record_retry(self, code: str) -> None:
+        """Count one unit of work run again after the transient failure *code*."""
+        self.retries_total += 1
 
     def attach(self, pool: Pool) -> None:
         """Listen to *pool*'s events. Called once per pool, by the Database that owns it.
@@ -150,6 +159,7 @@ class PoolMonitor:
             connects_total=self.connects_total,
             invalidations_total=self.invalidations_total,
             leaks_total=self.leaks_total,
+            retries_total=self.retries_total,
             wait_seconds_total=self.wait_seconds_total,
             wait_seconds_max=self.wait_seconds_max,
         )

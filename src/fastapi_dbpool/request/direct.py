@@ -198,6 +198,7 @@ class DirectConnection:
         "_database",
         "_driver",
         "_fairy",
+        "_gated",
         "_in_transaction",
         "_read_only",
         "_sqlite",
@@ -213,6 +214,9 @@ class DirectConnection:
         self._driver: Any = None
         self._in_transaction = False
         self._broken: BaseException | None = None
+        # SQLite: the write gate's token while this connection holds the gate. Taken
+        # before the checkout, given back after the checkin (see sqlite/gate.py).
+        self._gated: object | None = None
         # PostgreSQL: what opens a transaction, None for reads that need none. Behind
         # PgBouncer the statement deadline is SET LOCAL in each transaction (see
         # _postgres.py), so reads then run in one too: BEGIN and SET LOCAL go in a
@@ -259,7 +263,8 @@ class DirectConnection:
         committed, except if the connection died mid-statement (a ``DBAPIError`` with
         ``connection_invalidated``, answered 503), when the outcome is unknown. Either
         way a client cannot get a 2xx for a row that is not there. On SQLite the
-        statement still passes the write gate, released as soon as it completes.
+        statement still passes the write gate, taken before the checkout and given
+        back, with the connection, as soon as the statement completes.
 
         Statements run on this connection afterwards start a new transaction, which
         the dependency commits or rolls back as usual; the committed statement stays.
@@ -280,34 +285,36 @@ class DirectConnection:
             )
         plan, extracted = self._cache.plan(statement)
         args = plan.arguments(params, extracted)
+        await self._take_gate()
         if self._fairy is None:
             await self._checkout()
-        gate = self._database.write_gate if self._sqlite else None
-        record: Any = None
-        if gate is not None:
-            assert self._fairy is not None
-            record = self._fairy._connection_record
-            await gate.acquire_async(record)
         try:
             records = await self._run(plan.sql, args)
         except Exception as error:
-            # The statement is over (failed as a whole): the gate can go.
-            if gate is not None:
-                gate.release(record)
             # No retry on a dead connection, unlike reads: the server may have
             # committed the statement before the connection broke.
-            raise self._translate(error, plan.sql, args) from error
+            translated = self._translate(error, plan.sql, args)
+            await self._end_committed()
+            raise translated from error
         except BaseException as error:
             # Cancelled while the statement runs: its outcome is unknown and the driver
             # may still be busy with it. Throw the connection away; the gate goes back
             # when the connection does.
             self._broken = error
             raise
-        if gate is not None:
-            gate.release(record)
+        await self._end_committed()
         return plan.rows(records)
 
+    async def _end_committed(self) -> None:
+        # The statement is over and nothing is open: on SQLite give back the gate, and
+        # the connection with it, since a later statement must queue for the gate again
+        # and may not hold a connection while it does.
+        if self._gated is not None:
+            await self._release()
+
     async def _execute(self, plan: _Plan, args: list[Any]) -> list[Row]:
+        if not self._in_transaction:
+            await self._take_gate()
         first = self._fairy is None
         if first:
             await self._checkout()
@@ -325,7 +332,7 @@ class DirectConnection:
             ):
                 # The pooled connection was dead (server restart, idle timeout): nothing
                 # was done on it yet, so do it once on a fresh one, as pre-ping would.
-                await self._release(invalidate=translated)
+                await self._release(invalidate=translated, keep_gate=True)
                 return await self._retry(plan, args)
             if self._database.settings.pgbouncer and _refused_before_sync(error):
                 # asyncpg sends Parse/Describe with a Flush, and refused the arguments
@@ -390,10 +397,7 @@ class DirectConnection:
 
     async def _begin(self) -> None:
         if self._sqlite:
-            gate = self._database.write_gate
-            if gate is not None:
-                assert self._fairy is not None
-                await gate.acquire_async(self._fairy._connection_record)
+            # The gate was taken before the checkout (_take_gate).
             await self._driver.execute("BEGIN IMMEDIATE")
         else:
             await self._driver.execute(self._begin_sql or "BEGIN")
@@ -405,14 +409,49 @@ class DirectConnection:
 
     # -- connection ---------------------------------------------------------------------
 
+    async def _take_gate(self) -> None:
+        """On SQLite, a writing connection queues for the write gate before its checkout.
+
+        A connection still checked out without the gate (after ``execute_committed``)
+        goes back first: nothing may wait for the gate while holding a connection.
+        """
+        gate = self._database.write_gate
+        if gate is None or self._read_only or self._gated is not None:
+            return
+        if self._fairy is not None:
+            await self._release()
+        token = object()
+        await gate.acquire_async(token)
+        self._gated = token
+
+    def _give_gate(self) -> None:
+        token, self._gated = self._gated, None
+        if token is not None:
+            gate = self._database.write_gate
+            if gate is not None:
+                gate.release(token)
+
     async def _checkout(self) -> None:
         pool = self._database.engine.sync_engine.pool
-        fairy = await greenlet_spawn(pool.connect)
+        try:
+            fairy = await greenlet_spawn(pool.connect)
+        except BaseException:
+            self._give_gate()  # no connection: nothing to write with
+            raise
         self._fairy = fairy
         adapter: Any = fairy.dbapi_connection
         self._driver = adapter._connection
 
-    async def _release(self, *, invalidate: BaseException | None = None) -> None:
+    async def _release(
+        self, *, invalidate: BaseException | None = None, keep_gate: bool = False
+    ) -> None:
+        try:
+            await self._checkin(invalidate)
+        finally:
+            if not keep_gate:
+                self._give_gate()  # after the checkin: the lock is SQLite's until then
+
+    async def _checkin(self, invalidate: BaseException | None) -> None:
         fairy, self._fairy, self._driver = self._fairy, None, None
         self._in_transaction = False
         invalidate, self._broken = invalidate or self._broken, None
@@ -509,6 +548,7 @@ def _refused_before_sync(error: BaseException) -> bool:
 async def close_direct(connection: DirectConnection, *, commit: bool) -> None:
     """Close *connection*, shielded from the caller's cancellation when there is work."""
     if connection._fairy is None:
+        connection._give_gate()  # taken, but its checkout failed or never came
         return
     if not connection._in_transaction and connection._broken is None:
         # Checkin of a connection without a transaction skips the pool's rollback, so

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..pool.cleanup import run_to_completion
+from ..sqlite.gate import WriteGate
 
 __all__ = ["session_unit"]
 
@@ -34,18 +35,26 @@ logger = logging.getLogger("fastapi_dbpool")
 
 @asynccontextmanager
 async def session_unit(
-    factory: async_sessionmaker[AsyncSession], *, read_only: bool
+    factory: async_sessionmaker[AsyncSession], *, read_only: bool, gate: WriteGate | None = None
 ) -> AsyncIterator[AsyncSession]:
-    """Yield a new session of *factory*; end it as the table above says."""
-    session = factory()
-    try:
-        yield session
-    except BaseException:
-        # The caller's error is the one that matters; a failing rollback on a broken
-        # connection is logged, and the connection is invalidated by SQLAlchemy.
-        await run_to_completion(_discard_quietly(session))
-        raise
-    await run_to_completion(_discard(session) if read_only else _commit(session))
+    """Yield a new session of *factory*; end it as the table above says.
+
+    On SQLite a writing session holds the write *gate* from before its first checkout
+    until it has ended (see :mod:`fastapi_dbpool.sqlite.gate`).
+    """
+    writing: AbstractAsyncContextManager[object] = (
+        gate.writing() if gate is not None and not read_only else nullcontext()
+    )
+    async with writing:
+        session = factory()
+        try:
+            yield session
+        except BaseException:
+            # The caller's error is the one that matters; a failing rollback on a broken
+            # connection is logged, and the connection is invalidated by SQLAlchemy.
+            await run_to_completion(_discard_quietly(session))
+            raise
+        await run_to_completion(_discard(session) if read_only else _commit(session))
 
 
 async def _commit(session: AsyncSession) -> None:

@@ -101,6 +101,7 @@ class SyncDatabase:
         self.timeout = settings.pool_timeout
         self.monitor = monitor
         self.engine = create_sync_engine(settings, self.name, database.write_gate, loop)
+        self._gate = database.write_gate  # SQLite: writers queue here before their slot
         self.monitor.attach(self.engine.pool)
         self._read_only: dict[str, Any] = (
             {READ_ONLY_OPTION: True}
@@ -127,8 +128,17 @@ class SyncDatabase:
             PoolTimeout: no slot became free within ``DB_POOL_TIMEOUT`` seconds.
             TooManyWaiting: ``DB_MAX_WAITING`` requests already wait for one.
         """
-        await self._take_slot()
-        opening = asyncio.ensure_future(self.in_thread(self._open, read_only))
+        # A writer queues for SQLite's gate before it takes a slot (and so a connection):
+        # writers waiting for the lock must not hold the connections readers need.
+        gated = None
+        if self._gate is not None and not read_only:
+            gated = await self._gate.acquire_for_unit()
+        try:
+            await self._take_slot()
+        except BaseException:
+            self._release_gate(gated)
+            raise
+        opening = asyncio.ensure_future(self.in_thread(self._open, read_only, gated))
         try:
             return await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -155,6 +165,16 @@ class SyncDatabase:
         await self._slots.take()
         self.monitor._waited(time.perf_counter() - started)
 
+    def _release_gate(self, gated: object | None) -> None:
+        """Give the write gate back for a unit that took it; callable from any thread."""
+        if gated is None or self._gate is None:
+            return
+        if _running_loop() is self._loop:
+            self._gate.release(gated)
+            return
+        with suppress(RuntimeError):  # the loop is closed: the gate went with it
+            self._loop.call_soon_threadsafe(self._gate.release, gated)
+
     def _release_slot(self) -> None:
         """Give a slot back; callable from any thread."""
         with suppress(RuntimeError):  # the loop is closed: the slots went with it
@@ -162,11 +182,12 @@ class SyncDatabase:
 
     # -- in the lane's worker threads ------------------------------------------------------
 
-    def _open(self, read_only: bool) -> UnitOfWork:
+    def _open(self, read_only: bool, gated: object | None) -> UnitOfWork:
         try:
             connection = self.engine.connect()
         except BaseException:
             self._release_slot()
+            self._release_gate(gated)
             raise
         try:
             if read_only:
@@ -175,8 +196,9 @@ class SyncDatabase:
         except BaseException:
             connection.close()
             self._release_slot()
+            self._release_gate(gated)
             raise
-        return UnitOfWork(self, connection, session, read_only=read_only)
+        return UnitOfWork(self, connection, session, read_only=read_only, gated=gated)
 
 
 class UnitOfWork:
@@ -187,10 +209,17 @@ class UnitOfWork:
     """
 
     def __init__(
-        self, owner: SyncDatabase, connection: Connection, session: Session, *, read_only: bool
+        self,
+        owner: SyncDatabase,
+        connection: Connection,
+        session: Session,
+        *,
+        read_only: bool,
+        gated: object | None = None,
     ) -> None:
         self.session = session
         self.read_only = read_only
+        self._gated = gated  # the SQLite write gate's token, given back when it ends
         self._owner = owner
         self._connection = connection
         self._claim_lock = threading.Lock()
@@ -247,6 +276,7 @@ class UnitOfWork:
                     self._connection.close()
                 finally:
                     self._owner._release_slot()
+                    self._owner._release_gate(self._gated)
 
     def _abandon(self) -> None:
         try:
@@ -260,6 +290,14 @@ class UnitOfWork:
             )
         finally:
             self._owner._release_slot()
+            self._owner._release_gate(self._gated)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 async def _end_when_open(opening: asyncio.Future[UnitOfWork]) -> None:

@@ -69,6 +69,14 @@ class _LoopWriteGate(WriteGate):
         """True while a transaction, sync or async, holds the gate."""
         return self._gate.held
 
+    def held_here(self) -> bool:
+        """True when the unit of work this thread runs for holds the loop's gate.
+
+        The unit took it on the loop before its checkout (SyncDatabase.begin); the
+        worker thread sees the unit through the context it was started with.
+        """
+        return self._gate.held_here()
+
     def acquire(self, record: ConnectionPoolEntry) -> None:
         """Block this worker thread until the loop's gate is taken for *record*."""
         if _running_loop() is self._loop:
@@ -91,10 +99,10 @@ class _LoopWriteGate(WriteGate):
                 "(DB_POOL_TIMEOUT); keep write transactions short"
             ) from None
 
-    def release(self, record: ConnectionPoolEntry) -> None:
-        """Give the gate back on the loop if *record* holds it."""
+    def release(self, holder: object) -> None:
+        """Give the gate back on the loop if *holder* (a connection's record) holds it."""
         with suppress(RuntimeError):  # the loop is closed: the gate went with it
-            self._loop.call_soon_threadsafe(self._gate.release, record)
+            self._loop.call_soon_threadsafe(self._gate.release, holder)
 
 
 def _engine_options(settings: DatabaseSettings, name: str) -> dict[str, Any]:

@@ -13,18 +13,35 @@ So writes are serialised here, in the process, by a :class:`WriteGate`:
 * Read-only sessions use a plain ``BEGIN`` and never touch the gate: with WAL,
   readers do not wait for the writer.
 
-Ordering matters. The gate is taken *after* the connection has been checked out and
-released when the connection goes back to the pool. A holder of the gate therefore
-never waits for a connection, so "holds the write lock, waits for the pool" cannot
-happen; the opposite order deadlocks as soon as every pooled connection is held by a
-task queued on the gate. Waiting for the gate is bounded by ``DB_POOL_TIMEOUT`` and
-ends in :class:`~fastapi_dbpool.errors.PoolTimeout`, like waiting for a connection.
+Ordering matters: **nobody waits for the gate while holding a pooled connection.** A
+unit of work that may write (a writing session, direct connection or sync session)
+queues for the gate *before* it takes its connection, and gives both back when it
+ends. So connections are only ever held by readers, which never wait for the gate, and
+by the one writer that holds it:
+
+* readers never wait for writers, even when every writer is queued behind another
+  process's lock (they would otherwise hold every pooled connection while they queue);
+* the gate's holder may wait for a connection, but only for one that a reader (or the
+  holder itself) is about to give back, so "holds the gate, waits for the pool" cannot
+  turn into a deadlock. A unit that opens a second writing unit inside itself waits for
+  its own gate and gets :class:`~fastapi_dbpool.errors.PoolTimeout`, not a hang.
+
+The unit that holds the gate is remembered in a context variable, which SQLAlchemy's
+greenlets and the sync sessions' worker threads see too, so that the ``BEGIN`` of its
+transactions knows the gate is already theirs. A transaction begun outside any unit (an
+engine used directly) still takes the gate, for its connection, at ``BEGIN`` and gives
+it back when the connection returns to the pool. Waiting for the gate is bounded by
+``DB_POOL_TIMEOUT`` and ends in :class:`~fastapi_dbpool.errors.PoolTimeout`, like
+waiting for a connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import event
@@ -40,6 +57,9 @@ __all__ = ["READ_ONLY_OPTION", "WriteGate", "configure_sqlite"]
 # Execution option set on the engine that read-only sessions bind to.
 READ_ONLY_OPTION = "fastapi_dbpool_read_only"
 
+# The writing unit of work the current task (or thread working for it) runs in.
+_UNIT: ContextVar[object | None] = ContextVar("fastapi_dbpool_write_unit", default=None)
+
 
 class WriteGate:
     """One writer at a time among this process's pooled SQLite connections."""
@@ -47,7 +67,8 @@ class WriteGate:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._lock = asyncio.Lock()
-        self._holder: ConnectionPoolEntry | None = None
+        # A unit of work's token, or the connection record of a transaction begun outside one.
+        self._holder: object | None = None
         self.waits_total = 0
         self.wait_seconds_max = 0.0
 
@@ -56,18 +77,61 @@ class WriteGate:
         """True while a transaction holds the gate."""
         return self._lock.locked()
 
-    def acquire(self, record: ConnectionPoolEntry) -> None:
-        """Take the gate for *record*'s connection; called inside SQLAlchemy's greenlet."""
-        await_(self.acquire_async(record))
+    @property
+    def waiting(self) -> int:
+        """Units of work queued for the gate now (none of them holds a connection)."""
+        waiters = getattr(self._lock, "_waiters", None)  # asyncio.Lock's queue
+        return len(waiters) if waiters else 0
 
-    async def acquire_async(self, record: ConnectionPoolEntry) -> None:
-        """Take the gate for *record*'s connection, from async code (direct connections).
+    def held_here(self) -> bool:
+        """True when the unit of work running here holds the gate."""
+        unit = _UNIT.get()
+        return unit is not None and self._holder is unit
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[object]:
+        """Hold the gate for one writing unit of work; enter it *before* any checkout.
 
         Raises:
             PoolTimeout: The gate stayed taken for ``DB_POOL_TIMEOUT`` seconds.
         """
-        if self._holder is record:
-            return  # a second transaction on a connection that still holds it
+        unit = object()
+        await self.acquire_async(unit)
+        bound = _UNIT.set(unit)
+        try:
+            yield unit
+        finally:
+            with suppress(ValueError):  # ended in another context: nothing to undo
+                _UNIT.reset(bound)
+            self.release(unit)
+
+    async def acquire_for_unit(self) -> object:
+        """Take the gate for a new unit of work that runs in this context; return its token.
+
+        For units that end in another thread (sync sessions): give the token back to
+        :meth:`release` when the unit ends. The context keeps naming the token, which
+        no longer matches once released.
+
+        Raises:
+            PoolTimeout: The gate stayed taken for ``DB_POOL_TIMEOUT`` seconds.
+        """
+        unit = object()
+        await self.acquire_async(unit)
+        _UNIT.set(unit)
+        return unit
+
+    def acquire(self, record: ConnectionPoolEntry) -> None:
+        """Take the gate for *record*'s connection; called inside SQLAlchemy's greenlet."""
+        await_(self.acquire_async(record))
+
+    async def acquire_async(self, holder: object) -> None:
+        """Take the gate for *holder*: a unit of work's token, or a connection's record.
+
+        Raises:
+            PoolTimeout: The gate stayed taken for ``DB_POOL_TIMEOUT`` seconds.
+        """
+        if self._holder is holder:
+            return  # a second transaction of a holder that still holds it
         started = time.perf_counter()
         try:
             await acquire_within(self._lock, self.timeout)  # not wait_for: see there
@@ -76,14 +140,14 @@ class WriteGate:
                 f"database busy: another transaction held SQLite's write lock for more "
                 f"than {self.timeout:.2f} s (DB_POOL_TIMEOUT); keep write transactions short"
             ) from None
-        self._holder = record
+        self._holder = holder
         waited = time.perf_counter() - started
         self.waits_total += 1
         self.wait_seconds_max = max(self.wait_seconds_max, waited)
 
-    def release(self, record: ConnectionPoolEntry) -> None:
-        """Give the gate back if *record* holds it (its connection returned to the pool)."""
-        if self._holder is record:
+    def release(self, holder: object) -> None:
+        """Give the gate back if *holder* holds it (its unit ended, its connection returned)."""
+        if self._holder is holder:
             self._holder = None
             self._lock.release()
 
@@ -112,6 +176,10 @@ def configure_sqlite(engine: Engine, gate: WriteGate, busy_timeout_ms: int) -> N
         if conn.get_execution_options().get(READ_ONLY_OPTION):
             conn.exec_driver_sql("BEGIN")
             return
+        if gate.held_here():  # taken by the unit of work before its checkout
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        # Begun outside a unit of work: take the gate for the connection, until checkin.
         record = conn.connection._connection_record
         assert record is not None
         gate.acquire(record)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fastapi_dbpool import (
@@ -15,13 +15,15 @@ from fastapi_dbpool import (
     ReadSessionDep,
     SessionDep,
 )
+from fastapi_dbpool.errors import error_responses
 
 from ..models import Item, User
 from ..processing import Claim, claim
 from ..schemas import INT32_MAX, ItemCreate, ItemOut, ItemStatus, ItemUpdate, ProcessAccepted
 from ..worker import WorkersDep
 
-router = APIRouter(prefix="/items", tags=["items"])
+# Every route validates its input and touches the database: 422 and 503 for all of them.
+router = APIRouter(prefix="/items", tags=["items"], responses=error_responses(422, 503))
 
 ItemId = Annotated[int, Path(ge=1, le=INT32_MAX, description="The item's id")]
 Limit = Annotated[int, Query(ge=1, le=100)]
@@ -42,6 +44,41 @@ _LISTS = {
     for by_status in (False, True)
 }
 
+_DELETE = delete(Item).where(Item.id == bindparam("item_id")).returning(Item.id)
+
+
+def _update(fields: frozenset[str]) -> Any:
+    # One conditional statement: changes the item if it is still there and returns it,
+    # or matches nothing (deleted meanwhile: 404). No read first, so no race.
+    return (
+        update(Item)
+        .where(Item.id == bindparam("item_id"))
+        .values({field: bindparam(f"new_{field}") for field in fields})
+        .returning(*Item.__table__.c)
+    )
+
+
+_UPDATES = {
+    fields: _update(fields)
+    for fields in (
+        frozenset({"title"}),
+        frozenset({"description"}),
+        frozenset({"title", "description"}),
+    )
+}
+
+
+# OpenAPI links from a created item to what can be done with it (FastAPI's operation ids).
+_CREATED_LINKS = {
+    name: {"operationId": operation_id, "parameters": {"item_id": "$response.body#/id"}}
+    for name, operation_id in {
+        "get_item": "get_item_items__item_id__get",
+        "update_item": "update_item_items__item_id__patch",
+        "delete_item": "delete_item_items__item_id__delete",
+        "process_item": "process_items__item_id__process_post",
+    }.items()
+}
+
 
 def _not_found(item_id: int) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"item {item_id} not found")
@@ -60,7 +97,12 @@ def _unknown_owner(owner_id: int) -> RequestValidationError:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ItemOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ItemOut,
+    responses={201: {"links": _CREATED_LINKS}, **error_responses(400, 413)},
+)
 async def create_item(body: ItemCreate, session: SessionDep) -> Item:
     """Create an item, ``pending``, for an existing user."""
     if await session.get(User, body.owner_id) is None:
@@ -92,7 +134,7 @@ async def list_items(
     return await db.all(query, **params)
 
 
-@router.get("/{item_id}", response_model=ItemOut)
+@router.get("/{item_id}", response_model=ItemOut, responses=error_responses(404))
 async def get_item(item_id: ItemId, session: ReadSessionDep) -> Item:
     """Read one item."""
     item = await session.get(Item, item_id)
@@ -101,22 +143,26 @@ async def get_item(item_id: ItemId, session: ReadSessionDep) -> Item:
     return item
 
 
-@router.patch("/{item_id}", response_model=ItemOut)
-async def update_item(item_id: ItemId, body: ItemUpdate, session: SessionDep) -> Item:
+@router.patch("/{item_id}", response_model=ItemOut, responses=error_responses(400, 404, 413))
+async def update_item(item_id: ItemId, body: ItemUpdate, db: ConnectionDep) -> dict[str, Any]:
     """Change an item's title and/or description."""
-    item = await session.get(Item, item_id)
-    if item is None:
+    changes = body.changes()
+    params = {f"new_{field}": value for field, value in changes.items()}
+    rows = await db.execute_committed(_UPDATES[frozenset(changes)], item_id=item_id, **params)
+    if not rows:
         raise _not_found(item_id)
-    for field, value in body.changes().items():
-        setattr(item, field, value)
-    await session.flush()
-    return item
+    return rows[0]
 
 
-@router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-async def delete_item(item_id: ItemId, session: SessionDep) -> None:
+@router.delete(
+    "/{item_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(404),
+)
+async def delete_item(item_id: ItemId, db: ConnectionDep) -> None:
     """Delete an item."""
-    if await session.scalar(delete(Item).where(Item.id == item_id).returning(Item.id)) is None:
+    if not await db.execute_committed(_DELETE, item_id=item_id):
         raise _not_found(item_id)
 
 
