@@ -45,7 +45,7 @@ def per_request_us(app) -> float:
 def main() -> None:
     database = Database(DatabaseSettings(url="sqlite:///unused.db"))
     metrics = Metrics([database])
-    PoolHistory(database)  # the dashboard's observers, as install_dashboard adds them
+    PoolHistory(database.monitor)  # the dashboard's observers, as install_metrics adds them
     monitor = database.monitor
 
     def checkout() -> None:

@@ -35,11 +35,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Drop the SQLite variant of tests marked postgres_only."""
+    """Drop the SQLite variant of postgres_only tests, the PostgreSQL one of sqlite_only."""
+    dropped = {"sqlite": "postgres_only", "postgres": "sqlite_only"}
     for item in list(items):
         callspec = getattr(item, "callspec", None)
-        on_sqlite = callspec is not None and callspec.params.get("backend") == "sqlite"
-        if on_sqlite and item.get_closest_marker("postgres_only"):
+        backend = callspec.params.get("backend") if callspec is not None else None
+        if backend in dropped and item.get_closest_marker(dropped[backend]):
             items.remove(item)
 
 

@@ -9,7 +9,7 @@ Pool metrics carry the label ``pool`` (the Database's name). Gauges and counters
 read from :meth:`PoolMonitor.snapshot` when Prometheus scrapes, so they cost nothing
 per checkout; the two histograms are fed by the monitor's wait and hold observers, one
 ``observe()`` per checkout. Request metrics come from
-:class:`~fastapi_dbpool._http_metrics.RequestMetricsMiddleware`.
+:class:`~fastapi_dbpool.observe.http_metrics.RequestMetricsMiddleware`.
 
 With several worker processes, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory
 before the server starts: prometheus-client then writes each process's values to files

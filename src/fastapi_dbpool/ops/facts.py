@@ -3,7 +3,7 @@
 The connection uses the app's own connection arguments (driver, startup parameters,
 ``DB_CONNECT_TIMEOUT``) under the ``application_name`` ``fastapi_dbpool:<pool>:<purpose>``,
 so that a setting the server or a pooler rejects shows up here first. Public names are
-re-exported by :mod:`fastapi_dbpool.budget`.
+re-exported by :mod:`fastapi_dbpool.ops.budget`.
 """
 
 from __future__ import annotations
