@@ -56,7 +56,7 @@ def server_bindir() -> Path | None:
 class PgCluster:
     """One PostgreSQL server in a temporary directory, on a free port of 127.0.0.1."""
 
-    def __init__(self, bindir: Path | None = None) -> None:
+    def __init__(self, bindir: Path | None = None, *, template: Path | None = None) -> None:
         found = bindir or server_bindir()
         if found is None:
             raise RuntimeError("PostgreSQL server binaries not found (pg_config --bindir)")
@@ -66,6 +66,8 @@ class PgCluster:
         self.datadir = self.root / "data"
         self.logfile = self.root / "server.log"
         self.running = False
+        # A data directory to copy instead of a fresh initdb (a stopped cluster's).
+        self.template = template
         give_to_server_user(self.root)
 
     @property
@@ -88,7 +90,7 @@ class PgCluster:
         ``initdb`` runs once per test process, into a template; each cluster is a copy
         of it (a few milliseconds instead of seconds).
         """
-        template = _template(self.bindir)
+        template = self.template or _template(self.bindir)
         result = subprocess.run(
             as_server_user(["cp", "-a", str(template), str(self.datadir)]),
             capture_output=True,

@@ -2,7 +2,8 @@
 
 Every scenario runs against a throwaway PostgreSQL cluster (tests/pgcluster.py) that it
 may stop, restart or crash, never the shared server on 5432. The users_api's schema is
-migrated into a database of that cluster once per module, and emptied before each test.
+migrated (Alembic) once per test run into a template cluster; each module gets a copy of
+it, started on a port of its own, and the tables are emptied before each test.
 
 ``make test`` runs the short variant of each scenario; ``make reliability``
 (``RELIABILITY_FULL=1``) the full one. :func:`scaled` picks the figure of the variant.
@@ -16,8 +17,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.backends import libpq_url, migrate
-from tests.pgcluster import PgCluster, pg_cluster
+from tests.backends import REQUIRE_POSTGRES, libpq_url, migrate, skip_or_fail
+from tests.pgcluster import PgCluster, server_bindir
 from tests.reliability.proxy import FaultProxy
 
 __all__ = ["FULL", "app_database", "base_env", "cluster_database", "pg_cluster", "proxy", "scaled"]
@@ -61,9 +62,35 @@ def cluster_database(cluster: PgCluster, name: str = "users_api") -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def _migrated_template() -> Iterator[PgCluster]:
+    """A stopped cluster whose users_api database is migrated: copied by every module."""
+    if server_bindir() is None:
+        skip_or_fail(
+            "PostgreSQL server binaries (pg_config --bindir) are not installed",
+            required=REQUIRE_POSTGRES,
+        )
+    cluster = PgCluster()
+    try:
+        cluster.init()
+        cluster.start()
+        cluster_database(cluster)
+        cluster.stop("fast")  # a clean shutdown: the copies start without recovery
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="module")
+def pg_cluster(_migrated_template: PgCluster) -> Iterator[PgCluster]:
+    """A running cluster of the module's own, with a migrated users_api database."""
+    with PgCluster(template=_migrated_template.datadir) as cluster:
+        yield cluster
+
+
 @pytest.fixture(scope="module")
 def _migrated(pg_cluster: PgCluster) -> str:
-    return cluster_database(pg_cluster)
+    return pg_cluster.url.rsplit("/", 1)[0] + "/users_api"
 
 
 @pytest.fixture

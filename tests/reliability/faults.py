@@ -71,6 +71,7 @@ class Readiness:
     samples: list[tuple[float, int | None]] = field(default_factory=list)
 
     async def poll(self, stop: asyncio.Event) -> None:
+        stopped = asyncio.ensure_future(stop.wait())
         async with httpx.AsyncClient(base_url=self.url, timeout=10) as client:
             while not stop.is_set():
                 try:
@@ -78,7 +79,7 @@ class Readiness:
                 except httpx.HTTPError:
                     status = None
                 self.samples.append((time.monotonic() - self.t0, status))
-                await asyncio.wait([asyncio.ensure_future(stop.wait())], timeout=0.1)
+                await asyncio.wait([stopped], timeout=0.1)  # the poll interval, or stop
 
     def first(self, status: int, after: float) -> float | None:
         """Seconds from *after* to the first probe answered *status* that started later."""

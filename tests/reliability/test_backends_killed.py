@@ -40,7 +40,7 @@ def kill_app_backends(database_url: str) -> int:
 
 
 async def test_killed_backends_never_give_500(pg_cluster: PgCluster, app_database: str) -> None:
-    rounds = int(scaled(8, 60))
+    rounds = int(scaled(5, 60))
     interval_s = scaled(0.5, 1.5)
     killed = 0
     with uvicorn_server(USERS_API, base_env(app_database), access_log=False) as server:
