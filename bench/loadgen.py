@@ -1,16 +1,13 @@
-"""Run wrk against one endpoint and read its numbers."""
+"""Run wrk against one benchmarked endpoint and read its numbers."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from dataclasses import asdict, dataclass
-from pathlib import Path
+
+from fastapi_dbpool.cli import wrk
 
 from .system import LOAD_CPU, pinned, raise_fd_limit
-
-SCRIPT = Path(__file__).resolve().parent / "wrk" / "requests.lua"
 
 
 @dataclass(frozen=True)
@@ -62,50 +59,35 @@ def run_wrk(
     max_id: int,
     first_id: int = 1,
 ) -> Sample:
-    """Load *base_url* for *seconds* with *connections* open connections, one wrk thread."""
-    argv = pinned(
-        LOAD_CPU,
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{max(seconds, 1):g}s",
-            "--timeout",
-            "10s",
-            "-s",
-            str(SCRIPT),
-            base_url,
-            "--",
-            mode,
-            str(max_id),
-            str(first_id),
-        ],
-    )
+    """Load *base_url* for *seconds* with *connections* open connections, one wrk thread.
+
+    Through the package's one wrk driver (fastapi_dbpool/cli/wrk.lua), pinned to the
+    load CPU, with the open-file limit raised for many connections.
+    """
     load = os.getloadavg()[0]
-    done = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=False,
-        preexec_fn=raise_fd_limit,
-    )
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-    raw = json.loads(line.removeprefix("BENCH_JSON "))
-    elapsed = raw["duration_us"] / 1e6
-    sockets = raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
+    try:
+        result = wrk.run_wrk(
+            base_url,
+            connections=connections,
+            duration=seconds,
+            args=[f"mode={mode}", f"max_id={max_id}", f"first_id={first_id}"],
+            prefix=pinned(LOAD_CPU, []),
+            preexec_fn=raise_fd_limit,
+        )
+    except wrk.WrkError as error:
+        raise RuntimeError(str(error)) from None
+    sockets = sum(result.socket_errors.values())
+    latency_ms = {k: v * 1000 for k, v in result.latency_s.items()}
     return Sample(
-        rps=raw["requests"] / elapsed if elapsed else 0.0,
-        p50_ms=raw["p50_us"] / 1000,
-        p90_ms=raw["p90_us"] / 1000,
-        p99_ms=raw["p99_us"] / 1000,
-        max_ms=raw["max_us"] / 1000,
-        requests=raw["requests"],
-        errors=raw["status"] + sockets,
-        non_2xx=raw["status"],
+        rps=result.rps,
+        p50_ms=latency_ms["p50"],
+        p90_ms=latency_ms["p90"],
+        p99_ms=latency_ms["p99"],
+        max_ms=latency_ms["max"],
+        requests=result.requests,
+        errors=result.status_errors + sockets,
+        non_2xx=result.status_errors,
         socket_errors=sockets,
-        seconds=elapsed,
+        seconds=result.duration_s,
         load_average=load,
     )

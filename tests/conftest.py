@@ -35,13 +35,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Drop the SQLite variant of tests marked postgres_only, and the other way round."""
+    """Drop the SQLite variant of postgres_only tests, the PostgreSQL one of sqlite_only."""
+    dropped = {"sqlite": "postgres_only", "postgres": "sqlite_only"}
     for item in list(items):
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("backend") if callspec is not None else None
-        if (backend == "sqlite" and item.get_closest_marker("postgres_only")) or (
-            backend == "postgres" and item.get_closest_marker("sqlite_only")
-        ):
+        if backend in dropped and item.get_closest_marker(dropped[backend]):
             items.remove(item)
 
 

@@ -1,45 +1,17 @@
-"""wrk against a running server, for load tests and bench scripts: statuses and latency.
+"""wrk against a running server, for the load tests: statuses and latency in a LoadResult.
 
-The Lua script counts responses by status in every thread, which wrk alone does not
-report; the figures come back as one JSON line we parse into a :class:`LoadResult`.
+A thin adapter over :func:`fastapi_dbpool.cli.wrk.run_wrk` (the package's one wrk
+driver), keeping the figures the load tests assert on.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 
-# Counts statuses per thread and prints one JSON line at the end.
-_WRK_SCRIPT = r"""
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) statuses = {} end
-function response(status, headers, body)
-  statuses[status] = (statuses[status] or 0) + 1
-end
-function done(summary, latency, requests)
-  local counts = {}
-  for _, t in ipairs(threads) do
-    for status, n in pairs(t:get("statuses")) do
-      counts[status] = (counts[status] or 0) + n
-    end
-  end
-  local parts = {}
-  for status, n in pairs(counts) do
-    table.insert(parts, string.format('"%d": %d', status, n))
-  end
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_JSON {"requests": %d, "duration_us": %d, '
-    .. '"errors": {"connect": %d, "read": %d, "write": %d, "timeout": %d}, '
-    .. '"latency_us": {"p50": %d, "p99": %d, "max": %d}, "statuses": {%s}}\n',
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max, table.concat(parts, ", ")))
-end
-"""
+from fastapi_dbpool.cli import wrk
+from fastapi_dbpool.cli.wrk import wrk_path
+
+__all__ = ["LoadResult", "run_wrk", "wrk_path"]
 
 
 @dataclass(frozen=True)
@@ -75,36 +47,16 @@ class LoadResult:
         )
 
 
-def wrk_path() -> str | None:
-    """The wrk binary, or None when it is not installed."""
-    return shutil.which("wrk")
-
-
 def run_wrk(url: str, *, clients: int, seconds: int, threads: int = 2) -> LoadResult:
     """Load *url* with *clients* keep-alive connections for *seconds*; wait up to 30 s each."""
-    binary = wrk_path()
-    assert binary is not None, "wrk is not installed"
-    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-        script.write(_WRK_SCRIPT)
-        script.flush()
-        command = [binary, f"-t{threads}", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s"]
-        result = subprocess.run(
-            [*command, "-s", script.name, url],
-            capture_output=True,
-            text=True,
-            timeout=seconds + 60,
-            check=True,
-        )
-    line = next(x for x in result.stdout.splitlines() if x.startswith("WRK_JSON "))
-    data = json.loads(line.removeprefix("WRK_JSON "))
-    latency = data["latency_us"]
+    result = wrk.run_wrk(url, connections=clients, duration=seconds, threads=threads, timeout=30)
     return LoadResult(
         clients=clients,
-        requests=data["requests"],
-        duration_s=data["duration_us"] / 1e6,
-        statuses={int(k): v for k, v in data["statuses"].items()},
-        socket_errors=data["errors"],
-        p50_s=latency["p50"] / 1e6,
-        p99_s=latency["p99"] / 1e6,
-        max_s=latency["max"] / 1e6,
+        requests=result.requests,
+        duration_s=result.duration_s,
+        statuses=result.statuses,
+        socket_errors=result.socket_errors,
+        p50_s=result.latency_s["p50"],
+        p99_s=result.latency_s["p99"],
+        max_s=result.latency_s["max"],
     )

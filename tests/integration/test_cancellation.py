@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Select, event, func, insert, select, text
+from sqlalchemy import Select, event, func, insert, literal, select, text
 from sqlalchemy.engine import Connection
 
 from fastapi_dbpool import Database
@@ -54,23 +55,73 @@ async def assert_clean(database: Database) -> None:
     await assert_pool_idle(database)
 
 
-async def cancel_after(task: asyncio.Task[object], seconds: float) -> None:
-    """Cancel *task* after *seconds* and wait until it has ended."""
-    await asyncio.sleep(seconds)
+async def cancel_when(task: asyncio.Task[object], ready: Awaitable[object]) -> None:
+    """Cancel *task* once *ready* is done, and wait until the task has ended."""
+    await ready
+    assert not task.done(), "the task ended before it could be cancelled"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
 
-def slow_statement(database: Database) -> tuple[str, dict[str, object]]:
-    """A statement that runs for a minute or more, without waiting on a lock.
+# A function of ours that SQLite calls as the slow statement starts counting.
+SQLITE_SIGNAL = "dbpool_test_running"
+
+
+class SlowStatement:
+    """A statement that runs for a minute or more, and a way to know it is running.
 
     Longer than any wait of the tests: if it still runs when they look, it was not
-    stopped by the cancellation.
+    stopped by the cancellation. No lock waits: pg_sleep on PostgreSQL, a recursive
+    count on SQLite. :meth:`running` waits until the database executes it: the server
+    shows the app's session ``active`` (PostgreSQL), or the count has called
+    :data:`SQLITE_SIGNAL` (SQLite, registered on every connection the pool opens from
+    now on), so a cancellation lands mid-statement, not before it was sent.
     """
-    if database.settings.backend == "postgresql":
-        return "SELECT pg_sleep(60)", {}
-    return SQLITE_SLOW_QUERY, {"n": 100_000_000}
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.postgres = database.settings.backend == "postgresql"
+        self._signalled = threading.Event()  # set in aiosqlite's thread
+        if not self.postgres:
+            event.listen(database.engine.sync_engine, "connect", self._register)
+
+    def _register(self, dbapi_connection: Any, record: object) -> None:
+        dbapi_connection.create_function(SQLITE_SIGNAL, 0, self._signal)
+
+    def _signal(self) -> int:
+        self._signalled.set()
+        return 1
+
+    def text(self) -> tuple[str, dict[str, object]]:
+        """The statement as SQL text and its parameters, for sessions."""
+        if self.postgres:
+            return "SELECT pg_sleep(60)", {}
+        anchored = SQLITE_SLOW_QUERY.replace("SELECT 1 UNION", f"SELECT {SQLITE_SIGNAL}() UNION")
+        assert anchored != SQLITE_SLOW_QUERY
+        return anchored, {"n": 100_000_000}
+
+    def select(self) -> Select[Any]:
+        """The statement in Core, for direct connections (which take no ``text()``)."""
+        if self.postgres:
+            return pressure_slow_select("postgresql", 60)
+        numbers = select(getattr(func, SQLITE_SIGNAL)().label("x")).cte("c", recursive=True)
+        numbers = numbers.union_all(select(numbers.c.x + 1).where(numbers.c.x < literal(10**8)))
+        return select(func.count()).select_from(numbers)
+
+    async def running(self) -> None:
+        """Wait until the database runs the statement; fail after 10 s."""
+        if self.postgres:
+            url = self.database.settings.sqlalchemy_url.render_as_string(hide_password=False)
+            await until(lambda: "active" in app_sessions(url), timeout=10)
+        else:
+            await until(self._signalled.is_set, timeout=10)
+
+
+@pytest.fixture
+def slow(db: Database) -> SlowStatement:
+    """The slow statement, set up before the test's first connection."""
+    return SlowStatement(db)
 
 
 async def users(database: Database) -> int:
@@ -79,39 +130,45 @@ async def users(database: Database) -> int:
 
 
 async def test_cancelled_while_waiting_for_a_connection(db: Database) -> None:
-    async def hold(seconds: float) -> None:
+    release = asyncio.Event()
+
+    async def hold() -> None:
         async with db.session(read_only=True) as session:
             await session.execute(text("SELECT 1"))
-            await asyncio.sleep(seconds)
+            await release.wait()
 
-    holders = [asyncio.create_task(hold(0.5)) for _ in range(2)]
+    holders = [asyncio.create_task(hold()) for _ in range(2)]
     await until(lambda: db.pool_snapshot().checked_out == 2)
-    victim = asyncio.create_task(hold(0))
-    await until(lambda: db.pool_snapshot().waiting == 1)
-    await cancel_after(victim, 0.05)
+    victim = asyncio.create_task(hold())
+    await cancel_when(victim, until(lambda: db.pool_snapshot().waiting == 1))
     assert db.pool_snapshot().waiting == 0
+    # The cancelled waiter took no connection with it: both holders' come back.
+    release.set()
     await asyncio.gather(*holders)
 
 
 @pytest.mark.parametrize("read_only", [False, True], ids=["write", "read"])
-async def test_cancelled_mid_query(db: Database, read_only: bool) -> None:
-    statement, params = slow_statement(db)
+async def test_cancelled_mid_query(db: Database, slow: SlowStatement, read_only: bool) -> None:
+    statement, params = slow.text()
 
     async def query() -> None:
         async with db.session(read_only=read_only) as session:
             await session.execute(text(statement), params)
 
-    await cancel_after(asyncio.create_task(query()), 0.3)
+    await cancel_when(asyncio.create_task(query()), slow.running())
 
 
 async def test_cancelled_between_statements(db: Database) -> None:
+    flushed = asyncio.Event()
+
     async def work() -> None:
         async with db.session() as session:
             session.add(User(name="x", email="x@x.com"))
             await session.flush()
-            await asyncio.sleep(5)
+            flushed.set()
+            await asyncio.Event().wait()  # until cancelled
 
-    await cancel_after(asyncio.create_task(work()), 0.3)
+    await cancel_when(asyncio.create_task(work()), flushed.wait())
     assert await users(db) == 0  # rolled back
 
 
@@ -183,10 +240,14 @@ async def test_cancelled_during_rollback(db: Database) -> None:
 
 
 @pytest.mark.slow
-async def test_cancelled_at_random_points(db: Database) -> None:
-    """Many tasks cancelled at random moments of a read-write unit of work."""
+async def test_cancelled_at_random_points(db: Database, slow: SlowStatement) -> None:
+    """Many tasks cancelled at random moments of a read-write unit of work.
+
+    The random delays are the test, not synchronisation: they scatter the
+    cancellations over every point of the work.
+    """
     rng = random.Random(20260427)
-    statement, params = slow_statement(db)
+    statement, params = slow.text()
 
     async def work(n: int) -> None:
         async with db.session() as session:
@@ -215,38 +276,38 @@ async def test_request_timeout_mid_query_is_504_and_leaks_nothing(database_url: 
         assert (await client.get("/quick")).status_code == 200
 
 
-def slow_select(database: Database) -> Select[Any]:
-    """A Core select longer than any wait of the tests, for direct connections."""
-    return pressure_slow_select(
-        database.settings.backend, 60 if database.settings.backend == "postgresql" else 25
-    )
-
-
 @pytest.mark.parametrize("read_only", [False, True], ids=["write", "read"])
-async def test_direct_connection_cancelled_mid_query(db: Database, read_only: bool) -> None:
-    statement = slow_select(db)
+async def test_direct_connection_cancelled_mid_query(
+    db: Database, slow: SlowStatement, read_only: bool
+) -> None:
+    statement = slow.select()
 
     async def query() -> None:
         async with db.connection(read_only=read_only) as conn:
             await conn.all(statement)
 
-    await cancel_after(asyncio.create_task(query()), 0.3)
+    await cancel_when(asyncio.create_task(query()), slow.running())
 
 
 async def test_direct_connection_cancelled_between_statements(db: Database) -> None:
+    inserted = asyncio.Event()
+
     async def work() -> None:
         async with db.connection() as conn:
             await conn.all(insert(User).values(name="x", email="x@x.com", created_at=utcnow()))
-            await asyncio.sleep(5)
+            inserted.set()
+            await asyncio.Event().wait()  # until cancelled
 
-    await cancel_after(asyncio.create_task(work()), 0.3)
+    await cancel_when(asyncio.create_task(work()), inserted.wait())
     assert await users(db) == 0  # rolled back
 
 
 @pytest.mark.slow
-async def test_direct_connection_cancelled_at_random_points(db: Database) -> None:
+async def test_direct_connection_cancelled_at_random_points(
+    db: Database, slow: SlowStatement
+) -> None:
     rng = random.Random(20260428)
-    slow = slow_select(db)
+    slow_select = slow.select()
 
     async def work(n: int) -> None:
         async with db.connection(read_only=n % 2 == 0) as conn:
@@ -256,7 +317,7 @@ async def test_direct_connection_cancelled_at_random_points(db: Database) -> Non
                 )
             await conn.all(select(func.count()).select_from(User))
             if n % 5 == 0:
-                await conn.all(slow)
+                await conn.all(slow_select)
 
     tasks = []
     for n in range(60):

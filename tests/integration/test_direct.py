@@ -15,6 +15,8 @@ from fastapi_dbpool.errors import PoolTimeout, WriteInReadSession
 from fastapi_dbpool.testing import assert_pool_idle
 from tests.backends import admin_execute
 from tests.conftest import make_settings
+from tests.pgstat import app_sessions
+from tests.polling import eventually
 from users_api.models import User
 
 GET = select(User.__table__).where(User.id == bindparam("user_id"))
@@ -95,7 +97,7 @@ async def test_cancelled_write_returns_its_connection(settings: DatabaseSettings
             async with database.connection() as db:
                 await db.scalar(ADD, name="D", email="d@x.com")
                 started.set()
-                await asyncio.sleep(10)
+                await asyncio.Event().wait()  # until cancelled
 
         task = asyncio.create_task(write_then_hang())
         await started.wait()
@@ -122,8 +124,7 @@ async def test_a_newcomer_does_not_overtake_a_waiter(database_url: str) -> None:
         async with database.connection(read_only=True) as holder:
             await holder.all(select(User.id))
             waiter = asyncio.create_task(read("waiter"))
-            while database.pool_snapshot().waiting == 0:  # noqa: ASYNC110 - polls a gauge
-                await asyncio.sleep(0.001)
+            await eventually(lambda: database.pool_snapshot().waiting == 1, what="a waiter")
             # Scheduled before the connection comes back, so it runs before the woken
             # waiter: an unfair queue hands it the connection.
             newcomer = asyncio.create_task(read("newcomer"))
@@ -138,11 +139,13 @@ async def test_connection_killed_by_the_server_is_replaced(settings: DatabaseSet
         async with database.connection(read_only=True) as db:
             await db.all(select(User.id))
         name = settings.sqlalchemy_url.database
+        url = settings.sqlalchemy_url.render_as_string(hide_password=False)
+        assert app_sessions(url) == ["idle"]
         admin_execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
         )
-        await asyncio.sleep(0.2)
+        await eventually(lambda: app_sessions(url) == [], what="the backend terminated")
         # Within DB_POOL_PRE_PING_IDLE_S, so no ping: the dead connection is noticed
         # (closed, or failing its first statement) and the read still succeeds.
         async with database.connection(read_only=True) as db:

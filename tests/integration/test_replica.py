@@ -6,6 +6,7 @@ shared server is not involved.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from fastapi_dbpool import Database, DatabaseSettings
+from fastapi_dbpool.postgres import replica as replica_module
 from fastapi_dbpool.testing import assert_pool_idle
 from tests.backends import migrate, require_postgres
 from tests.pgcluster import PgCluster, server_bindir
@@ -37,6 +39,27 @@ def backend() -> str:
     return "postgres"
 
 
+class Clock:
+    """A monotonic clock that moves only when told to, for ReplicaRouter's retry window."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Replace the time module replica choice reads (and only there)."""
+    fake = Clock()
+    monkeypatch.setattr(replica_module, "time", fake)
+    return fake
+
+
 @pytest.fixture
 async def app_and_client(
     clusters: tuple[PgCluster, PgCluster],
@@ -50,7 +73,7 @@ async def app_and_client(
         pool_size=3,
         pool_timeout=2,
         connect_timeout=2,
-        replica_retry_s=0.5,
+        replica_retry_s=30,  # a patched clock moves through it (see Clock)
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -89,8 +112,11 @@ async def test_reads_go_to_the_replica_and_writes_to_the_primary(app_and_client,
     assert 'dbpool_checkouts_total{pool="replica"}' in metrics
 
 
-async def test_replica_down_reads_fall_back_to_the_primary(app_and_client, clusters) -> None:
+async def test_replica_down_reads_fall_back_to_the_primary(
+    app_and_client, clusters, clock: Clock
+) -> None:
     database, client = app_and_client
+    retry_s = database.settings.replica_retry_s
     primary, standby = clusters
     created = await client.post("/users", json={"name": "F", "email": "f@replica.example.com"})
     wait_replayed(primary.url, standby.url)
@@ -112,7 +138,9 @@ async def test_replica_down_reads_fall_back_to_the_primary(app_and_client, clust
     finally:
         standby.start()
     wait_replayed(primary.url, standby.url)
-    import asyncio
-
-    await asyncio.sleep(0.6)  # DB_REPLICA_RETRY_S
+    # Back, but reads stay on the primary for DB_REPLICA_RETRY_S after the failure...
+    clock.advance(retry_s * 0.9)
+    assert not await in_recovery(database, read_only=True)
+    # ...and go to the replica again once it has passed.
+    clock.advance(retry_s * 0.2)
     assert await in_recovery(database, read_only=True)

@@ -1,4 +1,8 @@
-"""The connection budget and the pool size recommendation, as arithmetic."""
+"""The connection budget and the pool size recommendation, on worked examples.
+
+The expected figures are worked out by hand in the comments, not recomputed with the
+formula under test.
+"""
 
 from __future__ import annotations
 
@@ -44,35 +48,76 @@ def test_budget_counts_pool_overflow_and_probe_per_worker() -> None:
     assert "20 in use by other clients: 77 available" in text
 
 
-def test_budget_counts_the_sync_pool_of_def_endpoints() -> None:
-    # 4 workers x (2 x (10 + 5) + 1 probe) = 4 x 31 = 124 > 77 available.
-    b = budget(pools=2)
-    assert b.per_worker == 31
-    assert b.needed == 124
-    assert not b.fits
-    assert "4 worker(s) x (2 x (10 pool + 5 overflow) + 1 probe) = 124" in b.describe()
+@pytest.mark.parametrize(
+    ("workers", "pool_size", "max_overflow", "pools", "in_use", "needed", "available", "fits"),
+    [
+        # 4 x (10 + 5 + 1) = 64; 100 - 3 reserved - 20 in use = 77
+        (4, 10, 5, 1, 20, 64, 77, True),
+        # 5 x 16 = 80 > 77
+        (5, 10, 5, 1, 20, 80, 77, False),
+        # 7 x (10 + 0 + 1) = 77 = 77: exactly full still fits
+        (7, 10, 0, 1, 20, 77, 77, True),
+        # one more client elsewhere: 77 > 100 - 3 - 21 = 76
+        (7, 10, 0, 1, 21, 77, 76, False),
+        # the sync pool doubles pool and overflow, not the probe: 2 x (2 x 15 + 1) = 62
+        (2, 10, 5, 2, 20, 62, 77, True),
+        # 3 x 31 = 93 > 77
+        (3, 10, 5, 2, 20, 93, 77, False),
+        # a server already full: 1 x (1 + 0 + 1) = 2 > 100 - 3 - 97 = 0
+        (1, 1, 0, 1, 97, 2, 0, False),
+    ],
+)
+def test_budget_worked_examples(
+    workers: int,
+    pool_size: int,
+    max_overflow: int,
+    pools: int,
+    in_use: int,
+    needed: int,
+    available: int,
+    fits: bool,
+) -> None:
+    b = ConnectionBudget(
+        workers=workers,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        max_connections=100,
+        reserved_connections=3,
+        in_use_by_others=in_use,
+        pools=pools,
+    )
+    assert (b.needed, b.available, b.fits) == (needed, available, fits)
+
+
+def test_budget_with_the_sync_pool_says_so() -> None:
+    text = budget(workers=2, pools=2).describe()
+    assert "2 worker(s) x (2 x (10 pool + 5 overflow) + 1 probe) = 62 connections" in text
 
 
 @given(
     workers=st.integers(1, 64),
     pool_size=st.integers(1, 100),
     max_overflow=st.integers(0, 100),
-    max_connections=st.integers(10, 10_000),
-    reserved=st.integers(0, 9),
     in_use=st.integers(0, 10_000),
 )
-def test_budget_fits_exactly_when_every_worker_can_open_its_pool(
-    workers: int,
-    pool_size: int,
-    max_overflow: int,
-    max_connections: int,
-    reserved: int,
-    in_use: int,
+def test_more_of_anything_never_makes_a_budget_fit(
+    workers: int, pool_size: int, max_overflow: int, in_use: int
 ) -> None:
-    b = ConnectionBudget(workers, pool_size, max_overflow, max_connections, reserved, in_use)
-    assert b.fits == (
-        workers * (pool_size + max_overflow + 1) <= max_connections - reserved - in_use
-    )
+    """Monotonic in every input: a budget that does not fit is not saved by adding more."""
+    values = {
+        "workers": workers,
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "max_connections": 1000,
+        "reserved_connections": 3,
+        "in_use_by_others": in_use,
+    }
+    b = ConnectionBudget(**values)
+    for key in ("workers", "pool_size", "max_overflow", "in_use_by_others"):
+        more = ConnectionBudget(**(values | {key: values[key] + 1}))
+        assert more.needed >= b.needed and more.available <= b.available
+        if not b.fits:
+            assert not more.fits, key
 
 
 def test_budget_excludes_own_connections_and_does_not_apply_behind_a_pooler() -> None:
@@ -128,10 +173,14 @@ def test_recommendation_is_capped_by_the_free_slots() -> None:
         spindles_source="given",
         budget=tight,
     )
-    # 10 free slots // 2 workers - 1 probe = 4, below the formula's 16 // 2 = 8
+    # 20 - 3 reserved - 7 in use = 10 free slots; 10 // 2 workers - 1 probe = 4, below
+    # HikariCP's (8 x 2 + 0) // 2 = 8. Then 2 x (4 + 1 probe) = 10: exactly the free slots.
+    assert tight.available == 10
     assert rec.pool_size == 4
-    assert any("capped by the server's free slots" in r for r in rec.reasons)
-    assert 2 * (rec.pool_size + 1) <= tight.available
+    assert rec.database_connections == 16
+    assert "capped by the server's free slots: 10 available // 2 worker(s) - 1 probe = 4" in (
+        " ".join(rec.reasons)
+    )
 
 
 def test_recommendation_says_when_there_is_no_room_at_all() -> None:

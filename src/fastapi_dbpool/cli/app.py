@@ -4,8 +4,8 @@
 ``WEB_CONCURRENCY``) and says whether the pool fits the server; ``bench`` puts a short
 load on a running app. Both print rich tables, or JSON with ``--json``, and exit 0 when
 all is well, 1 on warnings (or error answers), 2 on errors. The URL's password is never
-printed. The logic lives in :mod:`fastapi_dbpool.cli.doctor` and
-:mod:`fastapi_dbpool.cli.loadgen`; this module parses options and renders.
+printed. The logic lives in :mod:`.doctor`, :mod:`.loadgen` and :mod:`.wrk`; this
+module parses options and renders.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ..ops.budget import ServerFacts, workers_from_env
 from ..settings import DatabaseSettings
 from .doctor import DoctorReport, diagnose, invalid_settings_report
 from .loadgen import Target, TargetError, run_load
-from .wrk import WrkError, run_wrk
+from .wrk import WrkError, bench_summary, fixed_request, run_wrk
 
 __all__ = ["app", "main"]
 
@@ -317,7 +317,14 @@ async def _bench(
 
     ticker = asyncio.create_task(tick())
     try:
-        return await run_wrk(target, concurrency=concurrency, duration=duration)
+        seen = await asyncio.to_thread(
+            run_wrk,
+            target.url,
+            connections=concurrency,
+            duration=duration,
+            args=fixed_request(target.method, target.body.decode(), target.headers),
+        )
+        return bench_summary(target, seen)
     finally:
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -1,59 +1,72 @@
-"""Run ``dbpool bench`` through wrk when it is installed and asked for (``--wrk``).
+"""Run wrk with the package's one Lua driver (``wrk.lua``) and read what it saw.
 
 wrk is faster than any Python client, so it measures the app rather than the load
-generator. A generated Lua script sets the method, body and headers, counts responses
-by status in every thread, and prints one JSON line that we parse into the same summary
-as :meth:`fastapi_dbpool.cli.loadgen.LoadResult.as_dict`.
+generator. ``wrk.lua`` shapes the requests from its script arguments (a fixed request
+for ``dbpool bench --wrk``; the benchmark's endpoints ``get_user``, ``list_items``,
+``post_user``, ``process_item``), counts responses by status in every thread and
+prints one JSON line, which :func:`run_wrk` parses into a :class:`WrkResult`. The same
+runner serves ``dbpool bench --wrk``, the load tests (tests/wrk.py) and the benchmark
+(bench/loadgen.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
-import tempfile
-from pathlib import Path
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from .loadgen import Target
 
-__all__ = ["WrkError", "run_wrk", "wrk_path"]
+__all__ = [
+    "WrkError",
+    "WrkResult",
+    "bench_summary",
+    "fixed_request",
+    "run_wrk",
+    "wrk_path",
+]
 
-MARKER = "DBPOOL-JSON "
-
-_SCRIPT = """
-wrk.method = %(method)s
-wrk.body = %(body)s
-%(headers)s
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) statuses = {} end
-function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
-function done(summary, latency, requests)
-  local parts = {}
-  for _, thread in ipairs(threads) do
-    for status, n in pairs(thread:get("statuses")) do
-      parts[status] = (parts[status] or 0) + n
-    end
-  end
-  local statuses = {}
-  for status, n in pairs(parts) do
-    table.insert(statuses, string.format('"%%d": %%d', status, n))
-  end
-  local e = summary.errors
-  io.write(string.format(
-    '%(marker)s{"requests": %%d, "duration_us": %%d, "p50": %%d, "p90": %%d, "p99": %%d,'
-    .. ' "max": %%d, "connect": %%d, "read": %%d, "write": %%d, "timeout": %%d,'
-    .. ' "statuses": {%%s}}\\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max, e.connect, e.read, e.write, e.timeout,
-    table.concat(statuses, ", ")))
-end
-"""
+MARKER = "DBPOOL_WRK "
+SOCKET_ERRORS = ("connect", "read", "write", "timeout")
+MODES = ("fixed", "get_user", "list_items", "post_user", "process_item")
 
 
 class WrkError(RuntimeError):
     """wrk is missing, failed, or printed nothing we understand."""
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    """One wrk run. Times in seconds.
+
+    ``requests`` counts completed requests, as wrk does; ``statuses`` counts them by
+    status; ``socket_errors`` counts those that failed (connect, read, write, timeout);
+    ``status_errors`` is wrk's own count of answers with a status of 400 or more.
+    """
+
+    url: str
+    threads: int
+    connections: int
+    requests: int
+    duration_s: float
+    statuses: dict[int, int]
+    socket_errors: dict[str, int]
+    status_errors: int
+    latency_s: dict[str, float]
+
+    @property
+    def responses(self) -> int:
+        """Requests answered with a status, whatever it was."""
+        return sum(self.statuses.values())
+
+    @property
+    def rps(self) -> float:
+        """Completed requests per second."""
+        return self.requests / self.duration_s if self.duration_s else 0.0
 
 
 def wrk_path() -> str | None:
@@ -61,76 +74,115 @@ def wrk_path() -> str | None:
     return shutil.which("wrk")
 
 
-def _lua_string(value: str) -> str:
-    return json.dumps(value)  # a JSON string literal is a valid Lua string literal
+def fixed_request(
+    method: str = "GET", body: str = "", headers: Sequence[tuple[str, str]] = ()
+) -> list[str]:
+    """Script arguments for one request repeated unchanged (the URL gives path and query)."""
+    args = ["mode=fixed", f"method={method}"]
+    if body:
+        args.append(f"body={body}")
+    args += [f"header={name}: {value}" for name, value in headers]
+    return args
 
 
-def _script(target: Target) -> str:
-    headers = [("Content-Type", "application/json")] if target.body else []
-    headers += list(target.headers)
-    return _SCRIPT % {
-        "method": _lua_string(target.method),
-        "body": _lua_string(target.body.decode()) if target.body else "nil",
-        "headers": "\n".join(
-            f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers
-        ),
-        "marker": MARKER,
-    }
+def run_wrk(
+    url: str,
+    *,
+    connections: int,
+    duration: float,
+    threads: int = 1,
+    timeout: int = 10,
+    args: Sequence[str] = (),
+    prefix: Sequence[str] = (),
+    preexec_fn: Callable[[], Any] | None = None,
+) -> WrkResult:
+    """Load *url* with wrk and ``wrk.lua``; return what it saw.
 
-
-async def run_wrk(target: Target, *, concurrency: int, duration: float) -> dict[str, Any]:
-    """Run wrk with one thread and *concurrency* connections; return the summary.
+    Args:
+        url: The target; with ``mode=fixed`` its path and query are requested.
+        connections: Keep-alive connections, shared by the threads.
+        duration: Seconds of load, rounded to whole seconds (at least 1; wrk takes no
+            fractions).
+        threads: wrk threads.
+        timeout: Seconds a request may take before wrk counts it as a timeout.
+        args: Script arguments (``key=value``) shaping the request, see ``wrk.lua``;
+            :func:`fixed_request` builds them for a fixed request.
+        prefix: Command words run before wrk (``taskset -c 1`` to pin it).
+        preexec_fn: Run in the child before wrk starts (to raise its file limit).
 
     Raises:
-        WrkError: wrk is not installed, exited with an error, or its output lacks the summary.
+        WrkError: wrk is not installed, exited with an error, or printed no summary.
     """
     executable = wrk_path()
     if executable is None:
-        raise WrkError("wrk is not installed (apt-get install wrk); run without --wrk")
-    with tempfile.TemporaryDirectory(prefix="dbpool-wrk-") as tmp:
-        script = Path(tmp) / "bench.lua"
-        script.write_text(_script(target))
-        process = await asyncio.create_subprocess_exec(
+        raise WrkError("wrk is not installed (apt-get install wrk)")
+    seconds = max(1, round(duration))
+    with resources.as_file(resources.files("fastapi_dbpool.cli").joinpath("wrk.lua")) as script:
+        command = [
+            *prefix,
             executable,
-            "-t1",
-            f"-c{concurrency}",
-            f"-d{max(1, round(duration))}s",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
             "--timeout",
-            "10s",
+            f"{timeout}s",
             "-s",
             str(script),
-            target.url,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await process.communicate()
-    text = output.decode(errors="replace")
-    line = next((ln for ln in text.splitlines() if ln.startswith(MARKER)), None)
-    if process.returncode != 0 or line is None:
-        raise WrkError(f"wrk failed: {text.strip()[-500:]}")
-    raw = json.loads(line.removeprefix(MARKER))
-    return _summary(target, concurrency, raw)
+            url,
+            "--",
+            *args,
+        ]
+        try:
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=seconds + timeout + 60,
+                check=False,
+                preexec_fn=preexec_fn,
+            )
+        except subprocess.TimeoutExpired:
+            raise WrkError(f"wrk did not finish within {seconds + timeout + 60} s") from None
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith(MARKER)), None)
+    if done.returncode != 0 or line is None:
+        output = (done.stderr + done.stdout).strip()[-500:]
+        raise WrkError(f"wrk failed (exit {done.returncode}): {output}")
+    return _parse(line.removeprefix(MARKER), url, threads, connections)
 
 
-def _summary(target: Target, concurrency: int, raw: dict[str, Any]) -> dict[str, Any]:
-    statuses = {str(k): int(v) for k, v in sorted(raw["statuses"].items(), key=lambda kv: kv[0])}
-    failures = {
-        f"{kind}: wrk": int(raw[kind])
-        for kind in ("connect", "read", "write", "timeout")
-        if raw[kind]
-    }
-    responses = sum(statuses.values())
-    duration_s = raw["duration_us"] / 1e6
-    bad = sum(n for status, n in statuses.items() if not 200 <= int(status) < 400)
+def _parse(line: str, url: str, threads: int, connections: int) -> WrkResult:
+    raw = json.loads(line)
+    errors = raw["errors"]
+    return WrkResult(
+        url=url,
+        threads=threads,
+        connections=connections,
+        requests=int(raw["requests"]),
+        duration_s=raw["duration_us"] / 1e6,
+        statuses={int(k): int(v) for k, v in sorted(raw["statuses"].items())},
+        socket_errors={kind: int(errors[kind]) for kind in SOCKET_ERRORS},
+        status_errors=int(errors["status"]),
+        latency_s={k: v / 1e6 for k, v in raw["latency_us"].items()},
+    )
+
+
+def bench_summary(target: Target, result: WrkResult) -> dict[str, Any]:
+    """*result* in the shape of :meth:`~fastapi_dbpool.cli.loadgen.LoadResult.as_dict`."""
+    statuses = {str(status): n for status, n in sorted(result.statuses.items())}
+    failures = {f"{kind}: wrk": n for kind, n in result.socket_errors.items() if n}
+    responses = result.responses
+    bad = sum(n for status, n in result.statuses.items() if not 200 <= status < 400)
     return {
         "url": target.url,
         "method": target.method,
-        "concurrency": concurrency,
-        "duration_s": round(duration_s, 3),
+        "concurrency": result.connections,
+        "duration_s": round(result.duration_s, 3),
         "requests": responses + sum(failures.values()),
         "responses": responses,
-        "requests_per_second": round(responses / duration_s, 1) if duration_s else 0.0,
-        "latency_ms": {k: raw[k] / 1000 for k in ("p50", "p90", "p99", "max")},
+        "requests_per_second": (
+            round(responses / result.duration_s, 1) if result.duration_s else 0.0
+        ),
+        "latency_ms": {k: result.latency_s[k] * 1000 for k in ("p50", "p90", "p99", "max")},
         "statuses": statuses,
         "failures": failures,
         "errors": bad + sum(failures.values()),
