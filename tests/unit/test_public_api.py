@@ -45,6 +45,8 @@ def test_every_exported_name_is_documented() -> None:
 
 
 def test_every_error_derives_from_the_root() -> None:
+    # The module also holds the taxonomy's records (Failure, Conflict, ErrorBody): only
+    # its exceptions must derive from the root.
     classes = [
         v
         for v in vars(errors).values()
