@@ -34,6 +34,7 @@ from .postgres.options import connect_args as postgres_connect_args
 from .postgres.options import install_statement_timeout
 from .postgres.replica import ReplicaRouter
 from .request.direct import DirectConnection, StatementCache, close_direct
+from .request.retry import retry_transaction
 from .request.session import session_unit
 from .settings import DatabaseSettings
 from .sqlite.gate import READ_ONLY_OPTION, WriteGate, configure_sqlite
@@ -349,7 +350,7 @@ class Database:
         """A unit of work in its own session, re-run on a serialization failure or deadlock.
 
         For background work and scripts whose only side effects are in the database
-        (request handlers opt in with ``retry_transaction``; see
+        (request handlers opt in with :meth:`Database.retrying`; see
         :mod:`fastapi_dbpool.request.retry` for the rule)::
 
             @database.transaction(retries=5)
@@ -372,6 +373,13 @@ class Database:
 
         policy = RetryPolicy(retries=retries, max_seconds=max_seconds, backoff_s=backoff_s)
         return Transaction(self, policy, read_only=read_only)
+
+    #: Mark an ``async def`` handler as safe to re-run on a serialization failure or
+    #: deadlock: ``@Database.retrying(retries=5)`` under the route decorator. The
+    #: handler's ``SessionDep`` / ``ConnectionDep`` are committed by the marker, so a
+    #: failure at COMMIT is retried too. Only for handlers whose every side effect is in
+    #: the database (see :func:`fastapi_dbpool.request.retry.retry_transaction`).
+    retrying = staticmethod(retry_transaction)
 
     @property
     def sync(self) -> SyncDatabase:

@@ -39,7 +39,6 @@ from fastapi_dbpool import (
     SessionDep,
     SyncSessionDep,
 )
-from fastapi_dbpool.request.retry import retry_transaction
 
 
 class Base(DeclarativeBase):
@@ -199,7 +198,7 @@ def build_app(settings: DatabaseSettings, meeting: Rendezvous) -> FastAPI:
     # The same races, in handlers marked safe to re-run.
 
     @app.post("/retry/serializable/{row_id}")
-    @retry_transaction(retries=5)
+    @Database.retrying(retries=5)
     async def retry_serializable(row_id: int, session: SessionDep) -> dict[str, Any]:
         call = meeting.count("serializable")
         await session.execute(text("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"))
@@ -210,7 +209,7 @@ def build_app(settings: DatabaseSettings, meeting: Rendezvous) -> FastAPI:
         return {"n": total}
 
     @app.post("/retry/lock/{first}/{second}")
-    @retry_transaction(retries=5)
+    @Database.retrying(retries=5)
     async def retry_lock(first: int, second: int, db: ConnectionDep) -> dict[str, Any]:
         call = meeting.count("lock")
         await db.all(BUMP, row_id=first)
@@ -220,7 +219,7 @@ def build_app(settings: DatabaseSettings, meeting: Rendezvous) -> FastAPI:
         return {"locked": [first, second]}
 
     @app.post("/retry/fault")
-    @retry_transaction(retries=3, max_seconds=10)
+    @Database.retrying(retries=3, max_seconds=10)
     async def retry_fault(code: str, session: SessionDep) -> dict[str, Any]:
         meeting.count("fault")
         session.add(Row(n=0, fault=code))  # fails at COMMIT, every time

