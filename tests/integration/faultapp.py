@@ -16,8 +16,12 @@ dependency's exit), a direct connection (commit when it closes), ``execute_commi
 from __future__ import annotations
 
 import asyncio
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from sqlalchemy import (
     Integer,
@@ -39,6 +43,7 @@ from fastapi_dbpool import (
     SessionDep,
     SyncSessionDep,
 )
+from fastapi_dbpool.testing import assert_pool_idle
 
 
 class Base(DeclarativeBase):
@@ -231,3 +236,17 @@ def build_app(settings: DatabaseSettings, meeting: Rendezvous) -> FastAPI:
         return {"ok": True}
 
     return app
+
+
+@asynccontextmanager
+async def fault_client(
+    settings: DatabaseSettings, meeting: Rendezvous
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The fault app started, an HTTP client to it; every connection back at the end."""
+    app = build_app(settings, meeting)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            yield client
+        await assert_pool_idle(app.state.fastapi_dbpool)
+    gc.collect()

@@ -8,7 +8,6 @@ SQLSTATE at COMMIT where it cannot.
 from __future__ import annotations
 
 import asyncio
-import gc
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 
@@ -18,9 +17,14 @@ from sqlalchemy import text
 
 from fastapi_dbpool import DatabaseSettings
 from fastapi_dbpool.errors import classify, is_retryable
-from fastapi_dbpool.testing import assert_pool_idle
 from tests.conftest import make_settings
-from tests.integration.faultapp import Rendezvous, build_app, create_tables, drop_tables
+from tests.integration.faultapp import (
+    Rendezvous,
+    build_app,
+    create_tables,
+    drop_tables,
+    fault_client,
+)
 
 PATHS = ["session", "direct", "committed", "sync"]
 
@@ -44,13 +48,8 @@ def meeting() -> Rendezvous:
 async def client(
     fault_settings: DatabaseSettings, meeting: Rendezvous
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = build_app(fault_settings, meeting)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            yield client
-        await assert_pool_idle(app.state.fastapi_dbpool)
-    gc.collect()
+    async with fault_client(fault_settings, meeting) as client:
+        yield client
 
 
 def assert_answer(response: httpx.Response, status: int, code: str, reason: str) -> None:

@@ -9,7 +9,6 @@ COMMIT) ends in the 503 after the retries; one that is not transient is never re
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -22,7 +21,13 @@ from fastapi_dbpool import Database, DatabaseSettings
 from fastapi_dbpool.request.retry import RetryPolicy, Transaction
 from fastapi_dbpool.testing import assert_pool_idle
 from tests.conftest import make_settings
-from tests.integration.faultapp import Rendezvous, Row, build_app, create_tables, drop_tables
+from tests.integration.faultapp import (
+    Rendezvous,
+    Row,
+    create_tables,
+    drop_tables,
+    fault_client,
+)
 
 
 @pytest.fixture
@@ -42,13 +47,8 @@ def meeting() -> Rendezvous:
 async def client(
     fault_settings: DatabaseSettings, meeting: Rendezvous
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = build_app(fault_settings, meeting)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            yield client
-        await assert_pool_idle(app.state.fastapi_dbpool)
-    gc.collect()
+    async with fault_client(fault_settings, meeting) as client:
+        yield client
 
 
 @pytest.mark.postgres_only
