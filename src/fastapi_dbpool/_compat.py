@@ -36,6 +36,7 @@ __all__ = [
     "connection_record",
     "driver_errors",
     "greenlet_spawn",
+    "mapped_metadata",
     "max_overflow",
     "result_processors",
     "threaded",
@@ -192,3 +193,20 @@ def result_processors(compiled: Any) -> list[tuple[str, Any]]:
         (entry.keyname, entry.type._cached_result_processor(dialect, None))
         for entry in compiled._result_columns
     ]
+
+
+# -- the ORM ----------------------------------------------------------------------------
+
+
+def mapped_metadata() -> list[Any]:
+    """The ``MetaData`` of every mapped class in the process, one entry per mapper.
+
+    From the ORM's registry of registries (``sqlalchemy.orm.mapper._all_registries``,
+    2.0 and 2.1), which ``configure_mappers()`` walks too.
+    """
+    from sqlalchemy.orm import mapperlib
+
+    found: list[Any] = []
+    for registry in mapperlib._all_registries():
+        found.extend(getattr(mapper.local_table, "metadata", None) for mapper in registry.mappers)
+    return found

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 from starlette.requests import HTTPConnection
 
@@ -30,6 +31,7 @@ from .pool.queue_pool import MonitoredPool
 from .postgres.options import connect_args as postgres_connect_args
 from .postgres.options import install_statement_timeout
 from .postgres.replica import ReplicaRouter
+from .request.classes import SessionClasses, session_classes
 from .request.direct import DirectConnection, StatementCache, close_direct
 from .request.session import session_unit
 from .settings import DatabaseSettings
@@ -63,6 +65,13 @@ class Database:
         url: The database URL, instead of ``DATABASE_URL``; the other settings are still
             read from the environment.
         name: The pool's label in stats and metrics.
+        session_class: The ``AsyncSession`` subclass that :data:`SessionDep`,
+            ``ReadSessionDep`` and :meth:`session` yield, e.g. SQLModel's
+            ``sqlmodel.ext.asyncio.session.AsyncSession``.
+        sync_session_class: The ``Session`` subclass of ``SyncSessionDep`` and
+            ``SyncReadSessionDep``, e.g. ``sqlmodel.Session``. With neither class given,
+            SQLModel's are used when the app's models are SQLModel models (see
+            :mod:`fastapi_dbpool.request.classes`), SQLAlchemy's otherwise.
 
     Raises:
         SettingsError: a setting is invalid, or no URL is given and ``DATABASE_URL`` is
@@ -75,6 +84,8 @@ class Database:
         *,
         url: str | None = None,
         name: str = "primary",
+        session_class: type[AsyncSession] | None = None,
+        sync_session_class: type[Session] | None = None,
     ) -> None:
         if settings is not None and url is not None:
             raise TypeError("pass either settings or url, not both")
@@ -82,6 +93,10 @@ class Database:
             settings = DatabaseSettings.from_env(**({"url": url} if url is not None else {}))
         self.settings = settings
         self.name = name
+        session_classes(session_class, sync_session_class)  # TypeError now, not at start
+        self._class_choice = (session_class, sync_session_class)
+        #: The (async, sync) session classes, decided when the database starts.
+        self.session_classes: SessionClasses = (AsyncSession, Session)
         max_waiting = self.settings.max_waiting
         # One monitor per pool this database may use, created up front so that metrics,
         # the dashboard and the checks list every pool from the start.
@@ -101,7 +116,12 @@ class Database:
         # A read replica is a Database of its own (its own pool, monitor and metrics
         # label); read-only sessions go there while it answers.
         self.replica: Database | None = (
-            Database(self.settings.for_replica(), name="replica")
+            Database(
+                self.settings.for_replica(),
+                name="replica",
+                session_class=session_class,
+                sync_session_class=sync_session_class,
+            )
             if self.settings.replica_url is not None
             else None
         )
@@ -155,9 +175,13 @@ class Database:
             install_statement_timeout(engine.sync_engine, settings)
         self._engine = engine
         self._loop = asyncio.get_running_loop()
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.session_classes = session_classes(*self._class_choice)
+        async_class = self.session_classes[0]
+        self._sessions = async_sessionmaker(engine, class_=async_class, expire_on_commit=False)
         read_engine = engine.execution_options(**self._read_only_options())
-        self._read_sessions = async_sessionmaker(read_engine, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(
+            read_engine, class_=async_class, expire_on_commit=False
+        )
         logger.debug(
             "database started",
             extra={

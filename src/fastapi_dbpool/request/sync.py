@@ -102,6 +102,7 @@ class SyncDatabase:
         self.monitor = monitor
         self.engine = create_sync_engine(settings, self.name, database.write_gate, loop)
         self.monitor.attach(self.engine.pool)
+        self._session_class = database.session_classes[1]
         self._read_only: dict[str, Any] = (
             {READ_ONLY_OPTION: True}
             if settings.backend == "sqlite"
@@ -171,7 +172,7 @@ class SyncDatabase:
         try:
             if read_only:
                 connection.execution_options(**self._read_only)
-            session = Session(bind=connection, expire_on_commit=False)
+            session = self._session_class(bind=connection, expire_on_commit=False)
         except BaseException:
             connection.close()
             self._release_slot()
