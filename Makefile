@@ -64,5 +64,5 @@ $(SA20_STAMP): pyproject.toml
 .PHONY: test-sa20
 test-sa20: $(SA20_STAMP)  ## the suite on SQLAlchemy 2.0 and FastAPI $(FASTAPI_OLDEST)
 	$(SA20_VENV)/bin/python -c 'import sqlalchemy, fastapi; print("SQLAlchemy", sqlalchemy.__version__, "FastAPI", fastapi.__version__)'
-	$(SA20_VENV)/bin/mypy --strict src
+	$(SA20_VENV)/bin/mypy --strict --cache-dir $(SA20_VENV)/.mypy_cache src
 	$(SA20_VENV)/bin/pytest -W 'ignore:The anyio.abc.BlockingPortal alias is deprecated:DeprecationWarning' $(SA20_PYTEST_ARGS)

@@ -21,7 +21,7 @@ from sqlalchemy.pool import NullPool
 from starlette.requests import HTTPConnection
 
 from ._app import STATE_KEY, database_of
-from .errors import DatabaseNotStarted
+from .errors import DatabaseNotStarted, DBPoolError
 from .observe.leaks import watch_for_leaks
 from .ops.startup_check import cancel_budget_check, schedule_budget_check
 from .pool.cleanup import wait_for_pending_cleanups
@@ -148,7 +148,8 @@ class Database:
         if self._engine is None:
             raise DatabaseNotStarted(
                 f"database {self.name!r} is not started: use it inside the app's lifespan "
-                "(Database.install(app)) or `async with database:`"
+                "(Database.install(app)) or `async with database:`; sync code without an "
+                "event loop uses `with database:` and database.sync"
             )
         return self._engine
 
@@ -224,6 +225,29 @@ class Database:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    def __enter__(self) -> Database:
+        """Start the sync engine alone, for sync code with no event loop (scripts, CLI).
+
+        ``with database:`` gives :attr:`sync` (``database.sync.engine``,
+        ``database.sync.session()``) on the same settings as the app, and opens no
+        async pool. Inside a running app use the lifespan (:meth:`install`) instead.
+        """
+        if self._engine is not None or self._sync is not None:
+            raise DBPoolError(
+                f"database {self.name!r} is already started; `with database:` is for sync "
+                "code outside the app (scripts, CLI commands, test fixtures)"
+            )
+        from .request.sync import SyncDatabase
+
+        self.session_classes = session_classes(*self._class_choice)
+        self._sync = SyncDatabase(self, None, self.sync_monitor)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            sync.close()
 
     def install(self, app: Any) -> None:
         """Attach to a FastAPI/Starlette *app*: lifespan, app state and error responses.
@@ -302,8 +326,11 @@ class Database:
     def sync(self) -> SyncDatabase:
         """The sync engine on the same database, created at first use (see :mod:`.sync`).
 
+        Available in the app's lifespan (or ``async with database:``), and in
+        ``with database:`` for sync code that has no event loop.
+
         Raises:
-            DatabaseNotStarted: outside the app's lifespan.
+            DatabaseNotStarted: outside both.
         """
         if self._sync is None:
             from .request.sync import SyncDatabase

@@ -43,8 +43,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -85,15 +85,18 @@ class SyncDatabase:
     Its pool has the async pool's settings (``DB_POOL_SIZE``, ``DB_MAX_OVERFLOW``,
     ``DB_POOL_TIMEOUT``...) and connections of its own, through psycopg 3 or sqlite3.
     Requests get sessions from :data:`SyncSessionDep`; :meth:`begin` is the primitive
-    behind it.
+    behind it. Scripts, workers and sync background tasks use :meth:`session`.
 
     Args:
-        database: The started database whose settings and SQLite write gate it shares.
-        loop: The app's event loop, where waiting and timers happen.
+        database: The database whose settings and SQLite write gate it shares.
+        loop: The app's event loop, where waiting and timers happen; None for a sync
+            engine alone (``with database:``): then only :meth:`session` and
+            :attr:`engine` are available, and on SQLite writers queue on a lock.
+        monitor: The sync pool's monitor.
     """
 
     def __init__(
-        self, database: Database, loop: asyncio.AbstractEventLoop, monitor: PoolMonitor
+        self, database: Database, loop: asyncio.AbstractEventLoop | None, monitor: PoolMonitor
     ) -> None:
         settings = database.settings
         self.name = monitor.name
@@ -118,6 +121,30 @@ class SyncDatabase:
         """The sync pool's state now (see :class:`~fastapi_dbpool.PoolSnapshot`)."""
         return self.monitor.snapshot()
 
+    @contextmanager
+    def session(self, *, read_only: bool = False) -> Iterator[Session]:
+        """Open a sync session in its own transaction: commit on success, roll back on error.
+
+        For sync code outside requests: scripts, CLI commands, test fixtures, ``def``
+        background tasks. Blocks the calling thread while it waits for a connection
+        (at most ``DB_POOL_TIMEOUT`` seconds, then PoolTimeout); never call it on the
+        event loop's thread. A *read_only* session does not take SQLite's write lock
+        and runs READ ONLY on PostgreSQL.
+        """
+        with self.engine.connect() as connection:
+            if read_only:
+                connection.execution_options(**self._read_only)
+            with self._session_class(bind=connection, expire_on_commit=False) as session:
+                try:
+                    yield session
+                except BaseException:
+                    session.rollback()
+                    raise
+                if read_only:
+                    session.rollback()
+                else:
+                    session.commit()
+
     async def begin(self, *, read_only: bool = False) -> UnitOfWork:
         """Wait for a slot, then check out a connection for a new unit of work.
 
@@ -128,6 +155,11 @@ class SyncDatabase:
             PoolTimeout: no slot became free within ``DB_POOL_TIMEOUT`` seconds.
             TooManyWaiting: ``DB_MAX_WAITING`` requests already wait for one.
         """
+        if self._loop is None:
+            raise DBPoolError(
+                "this sync engine was started by `with database:` and has no event loop; "
+                "request sessions need the app's lifespan (Database.install(app))"
+            )
         await self._take_slot()
         opening = asyncio.ensure_future(self.in_thread(self._open, read_only))
         try:
@@ -143,9 +175,13 @@ class SyncDatabase:
 
     async def dispose(self) -> None:
         """Close the pool's connections (called when the app stops)."""
+        await anyio.to_thread.run_sync(self.close)
+
+    def close(self) -> None:
+        """Close the pool's connections, blocking (``with database:`` ends)."""
         if self.leak_detector is not None:
             self.leak_detector.stop()
-        await anyio.to_thread.run_sync(self.engine.dispose)
+        self.engine.dispose()
 
     # -- slots ----------------------------------------------------------------------
 
@@ -158,6 +194,8 @@ class SyncDatabase:
 
     def _release_slot(self) -> None:
         """Give a slot back; callable from any thread."""
+        if self._loop is None:
+            return
         with suppress(RuntimeError):  # the loop is closed: the slots went with it
             self._loop.call_soon_threadsafe(self._slots.give_back)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
+import threading
 from contextlib import suppress
 from typing import Any
 
@@ -25,20 +26,29 @@ from ..settings import DatabaseSettings
 from ..sqlite.gate import WriteGate, configure_sqlite
 from ..sqlite.interrupt import install_statement_guard
 
-__all__ = ["create_sync_engine"]
+__all__ = ["ThreadWriteGate", "create_sync_engine"]
 
 
 def create_sync_engine(
     settings: DatabaseSettings,
     name: str,
     write_gate: WriteGate | None,
-    loop: asyncio.AbstractEventLoop,
+    loop: asyncio.AbstractEventLoop | None,
 ) -> Engine:
-    """A sync engine for *settings*' database; on SQLite it takes *write_gate* on *loop*."""
+    """A sync engine for *settings*' database.
+
+    On SQLite it takes *write_gate* on *loop*, shared with the async engine; with no
+    *loop* (``with database:``, no event loop in the process) it serialises writers
+    with a lock of its own.
+    """
     engine = create_engine(settings.sync_url, **_engine_options(settings, name))
     if settings.backend == "sqlite":
-        assert write_gate is not None, "the async engine creates the gate when it starts"
-        gate = _LoopWriteGate(write_gate, loop)
+        gate: WriteGate
+        if loop is None:
+            gate = ThreadWriteGate(settings.pool_timeout)
+        else:
+            assert write_gate is not None, "the async engine creates the gate when it starts"
+            gate = _LoopWriteGate(write_gate, loop)
         configure_sqlite(engine, gate, settings.sqlite_busy_timeout_ms)
         install_statement_guard(engine, settings.statement_timeout_ms)
     else:
@@ -95,6 +105,37 @@ class _LoopWriteGate(WriteGate):
         """Give the gate back on the loop if *record* holds it."""
         with suppress(RuntimeError):  # the loop is closed: the gate went with it
             self._loop.call_soon_threadsafe(self._gate.release, record)
+
+
+class ThreadWriteGate(WriteGate):
+    """SQLite's one-writer gate for threads only: a sync engine with no event loop."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self._thread_lock = threading.Lock()
+        self._thread_holder: ConnectionPoolEntry | None = None
+
+    @property
+    def held(self) -> bool:
+        """True while a transaction holds the gate."""
+        return self._thread_lock.locked()
+
+    def acquire(self, record: ConnectionPoolEntry) -> None:
+        """Block until the gate is free, for up to ``DB_POOL_TIMEOUT`` seconds."""
+        if self._thread_holder is record:
+            return
+        if not self._thread_lock.acquire(timeout=self.timeout):
+            raise PoolTimeout(
+                f"database busy: another transaction held SQLite's write lock for more "
+                f"than {self.timeout:.2f} s (DB_POOL_TIMEOUT); keep write transactions short"
+            )
+        self._thread_holder = record
+
+    def release(self, record: ConnectionPoolEntry) -> None:
+        """Give the gate back if *record* holds it."""
+        if self._thread_holder is record:
+            self._thread_holder = None
+            self._thread_lock.release()
 
 
 def _engine_options(settings: DatabaseSettings, name: str) -> dict[str, Any]:
