@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Concatenate, ParamSpec, TypeVa
 
 from fastapi import Depends
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -286,6 +287,27 @@ class Database:
         if replica is not None:
             return self._replicas.watch(replica.session(read_only=True))
         return self._session(read_only)
+
+    def join(self, connection: AsyncConnection | None) -> None:
+        """Run every session in a savepoint of *connection*'s transaction; None: stop.
+
+        SQLAlchemy's "join a session into an external transaction" recipe, for tests
+        (:mod:`fastapi_dbpool.pytest_plugin` does it): a session's commit releases its
+        savepoint, and the test's rollback undoes everything. Direct connections
+        (``ConnectionDep``) do not join; the sync side has ``database.sync.join``.
+        """
+        if connection is None:
+            engine = self.engine
+            bind: Any = engine
+            read_bind: Any = engine.execution_options(**self._read_only_options())
+            mode: Any = "conservative_savepoint"
+        else:
+            bind = read_bind = connection
+            mode = "create_savepoint"
+        cls = self.session_classes[0]
+        options: dict[str, Any] = {"class_": cls, "expire_on_commit": False}
+        self._sessions = async_sessionmaker(bind, join_transaction_mode=mode, **options)
+        self._read_sessions = async_sessionmaker(read_bind, join_transaction_mode=mode, **options)
 
     def monitors(self) -> list[PoolMonitor]:
         """Every pool this database uses: async, sync, health probe, and the replica's.

@@ -106,6 +106,7 @@ class SyncDatabase:
         self.engine = create_sync_engine(settings, self.name, database.write_gate, loop)
         self.monitor.attach(self.engine.pool)
         self._session_class = database.session_classes[1]
+        self._joined: Connection | None = None
         self._read_only: dict[str, Any] = (
             {READ_ONLY_OPTION: True}
             if settings.backend == "sqlite"
@@ -201,7 +202,21 @@ class SyncDatabase:
 
     # -- in the lane's worker threads ------------------------------------------------------
 
+    def join(self, connection: Connection | None) -> None:
+        """Run every session in a savepoint of *connection*'s transaction; None: stop.
+
+        SQLAlchemy's "join a session into an external transaction" recipe, for tests
+        (see :mod:`fastapi_dbpool.pytest_plugin`): a session's commit releases its
+        savepoint, and the test's rollback undoes everything.
+        """
+        self._joined = connection
+
     def _open(self, read_only: bool) -> UnitOfWork:
+        if self._joined is not None:
+            session = self._session_class(
+                bind=self._joined, expire_on_commit=False, join_transaction_mode="create_savepoint"
+            )
+            return UnitOfWork(self, _Borrowed(self._joined), session, read_only=read_only)
         try:
             connection = self.engine.connect()
         except BaseException:
@@ -226,7 +241,12 @@ class UnitOfWork:
     """
 
     def __init__(
-        self, owner: SyncDatabase, connection: Connection, session: Session, *, read_only: bool
+        self,
+        owner: SyncDatabase,
+        connection: Connection | _Borrowed,
+        session: Session,
+        *,
+        read_only: bool,
     ) -> None:
         self.session = session
         self.read_only = read_only
@@ -299,6 +319,19 @@ class UnitOfWork:
             )
         finally:
             self._owner._release_slot()
+
+
+class _Borrowed:
+    """A joined test connection lent to a unit of work: the test closes it, not the unit."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def close(self) -> None:
+        """Keep the test's connection open."""
+
+    def invalidate(self) -> None:
+        """Keep the test's connection: its transaction is rolled back at the test's end."""
 
 
 async def _end_when_open(opening: asyncio.Future[UnitOfWork]) -> None:
