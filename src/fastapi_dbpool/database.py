@@ -112,6 +112,9 @@ class Database:
         self._budget_check: asyncio.Task[None] | None = None
         self.leak_detector = watch_for_leaks(self.monitor, self.settings.leak_threshold_s)
         self._sync: SyncDatabase | None = None
+        # True when the sync engine was created outside the app (database.sync before
+        # the lifespan, or `with database:`): it then outlives the app's stop.
+        self._sync_outlives_app = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._statements: StatementCache | None = None
         # A read replica is a Database of its own (its own pool, monitor and metrics
@@ -194,6 +197,10 @@ class Database:
                 "max_overflow": settings.max_overflow,
             },
         )
+        if self._sync is not None:
+            # Created before the app started (a script or a test fixture used
+            # database.sync): the same engine now serves requests too.
+            self._sync.use_loop(self._loop, self.write_gate)
         # In the background: start-up neither waits for the database nor fails with it.
         self._budget_check = schedule_budget_check(self)
         if self.replica is not None:
@@ -206,12 +213,16 @@ class Database:
         check, self._budget_check = self._budget_check, None
         await cancel_budget_check(check)
         engine, probe, sync = self._engine, self._probe_engine, self._sync
-        self._engine = self._probe_engine = self._sync = None
+        self._engine = self._probe_engine = None
+        if not self._sync_outlives_app:
+            self._sync = None
         self._sessions = self._read_sessions = None
         self._statements = None
         await wait_for_pending_cleanups(timeout=self.settings.pool_timeout)
         if sync is not None:
             await sync.dispose()
+            if self._sync_outlives_app:
+                sync.use_threads()
         for each in (probe, engine):
             if each is not None:
                 await each.dispose()
@@ -231,22 +242,21 @@ class Database:
         """Start the sync engine alone, for sync code with no event loop (scripts, CLI).
 
         ``with database:`` gives :attr:`sync` (``database.sync.engine``,
-        ``database.sync.session()``) on the same settings as the app, and opens no
-        async pool. Inside a running app use the lifespan (:meth:`install`) instead.
+        ``database.sync.session()``) on the same settings as the app, opens no async
+        pool, and closes the sync pool when the block ends. Inside a running app use
+        the lifespan (:meth:`install`) instead.
         """
-        if self._engine is not None or self._sync is not None:
+        if self._engine is not None:
             raise DBPoolError(
                 f"database {self.name!r} is already started; `with database:` is for sync "
                 "code outside the app (scripts, CLI commands, test fixtures)"
             )
-        from .request.sync import SyncDatabase
-
-        self.session_classes = session_classes(*self._class_choice)
-        self._sync = SyncDatabase(self, None, self.sync_monitor)
+        self.sync  # noqa: B018 - created now, without an event loop
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         sync, self._sync = self._sync, None
+        self._sync_outlives_app = False
         if sync is not None:
             sync.close()
 
@@ -348,16 +358,20 @@ class Database:
     def sync(self) -> SyncDatabase:
         """The sync engine on the same database, created at first use (see :mod:`.sync`).
 
-        Available in the app's lifespan (or ``async with database:``), and in
-        ``with database:`` for sync code that has no event loop.
-
-        Raises:
-            DatabaseNotStarted: outside both.
+        In the app's lifespan (or ``async with database:``) it serves ``SyncSessionDep``.
+        Outside it (a script, a test fixture, Alembic; ``with database:`` closes it at
+        the block's end) it is created without an event loop, and when the app starts
+        the same engine serves requests too: one sync engine per process.
         """
+        if self._sync is None and self._engine is None:
+            from .request.sync import SyncDatabase
+
+            self.session_classes = session_classes(*self._class_choice)
+            self._sync = SyncDatabase(self, None, self.sync_monitor)
+            self._sync_outlives_app = True
         if self._sync is None:
             from .request.sync import SyncDatabase
 
-            self.engine  # noqa: B018 - raises DatabaseNotStarted with the reason
             assert self._loop is not None
             self._sync = SyncDatabase(self, self._loop, self.sync_monitor)
             # A second pool now counts against the server's connections: check again

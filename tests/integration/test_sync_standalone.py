@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import anyio.to_thread
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import func, select, text
 
-from fastapi_dbpool import Database, DBPoolError
+from fastapi_dbpool import Database, DBPoolError, SyncSessionDep
 from fastapi_dbpool.errors import DatabaseNotStarted
 from users_api.models import User
 
@@ -29,8 +32,8 @@ def test_sync_engine_and_sessions_without_an_event_loop(database_url: str) -> No
         with pytest.raises(DatabaseNotStarted, match="with database:"):
             database.engine  # noqa: B018
         assert database.sync.pool_snapshot().checked_out == 0
-    with pytest.raises(DatabaseNotStarted):
-        database.sync  # noqa: B018 - closed with the block
+        engine = database.sync.engine
+    assert database.sync.engine is not engine  # closed with the block; a new one now
 
 
 def test_session_rolls_back_when_the_block_raises(database_url: str) -> None:
@@ -60,3 +63,33 @@ async def test_with_database_refused_inside_the_lifespan(database_url: str) -> N
     async with Database(url=database_url) as database:
         with pytest.raises(DBPoolError, match="already started"), database:
             pass
+
+
+async def test_one_sync_engine_before_during_and_after_the_lifespan(database_url: str) -> None:
+    """A fixture or script's database.sync.engine is the engine SyncSessionDep uses."""
+    database = Database(url=database_url)
+    app = FastAPI()
+    database.install(app)
+
+    @app.post("/users", status_code=201)
+    def add(email: str, session: SyncSessionDep) -> dict[str, str]:
+        session.add(User(name="Req", email=email))
+        return {"engine": str(id(session.get_bind().engine))}
+
+    def count() -> int:
+        with database.sync.session(read_only=True) as session:
+            return session.scalar(select(func.count()).select_from(User)) or 0
+
+    before = database.sync.engine
+    assert await anyio.to_thread.run_sync(count) == 0  # before the app starts
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            answer = await client.post("/users", params={"email": "r@example.com"})
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["engine"] == str(id(before))
+        assert database.sync.engine is before
+        assert await anyio.to_thread.run_sync(count) == 1  # a def task during the app
+    assert database.sync.engine is before
+    assert await anyio.to_thread.run_sync(count) == 1  # after it stopped
+    database.sync.close()

@@ -61,7 +61,7 @@ from ..observe.leaks import endpoint_context, watch_for_leaks
 from ..pool.cleanup import run_to_completion
 from ..pool.monitor import PoolMonitor, PoolSnapshot
 from ..pool.waiting import Waiting
-from ..sqlite.gate import READ_ONLY_OPTION
+from ..sqlite.gate import READ_ONLY_OPTION, WriteGate
 from .sync_engine import create_sync_engine
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class SyncDatabase:
         self.capacity = settings.pool_size + settings.max_overflow
         self.timeout = settings.pool_timeout
         self.monitor = monitor
-        self.engine = create_sync_engine(settings, self.name, database.write_gate, loop)
+        self.engine, self._gate = create_sync_engine(settings, self.name)
         self.monitor.attach(self.engine.pool)
         self._session_class = database.session_classes[1]
         self._joined: Connection | None = None
@@ -113,10 +113,25 @@ class SyncDatabase:
             else {"postgresql_readonly": True}
         )
         self.leak_detector = watch_for_leaks(self.monitor, settings.leak_threshold_s, loop)
-        self._loop = loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if loop is not None:
+            self.use_loop(loop, database.write_gate)
         # One slot per connection, taken on the event loop: the pools' one waiting path.
         self._slots = Waiting(self.monitor, capacity=self.capacity, timeout=self.timeout)
         self._threads = CapacityLimiter(self.capacity)
+
+    def use_loop(self, loop: asyncio.AbstractEventLoop, write_gate: WriteGate | None) -> None:
+        """Serve requests on *loop* (the app started); on SQLite share its *write_gate*."""
+        self._loop = loop
+        if self._gate is not None:
+            assert write_gate is not None, "the async engine creates the gate when it starts"
+            self._gate.use_loop(write_gate, loop)
+
+    def use_threads(self) -> None:
+        """Back to sync use alone (the app stopped): scripts and fixtures go on working."""
+        self._loop = None
+        if self._gate is not None:
+            self._gate.use_threads()
 
     def pool_snapshot(self) -> PoolSnapshot:
         """The sync pool's state now (see :class:`~fastapi_dbpool.PoolSnapshot`)."""

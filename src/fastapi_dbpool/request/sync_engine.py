@@ -26,29 +26,21 @@ from ..settings import DatabaseSettings
 from ..sqlite.gate import WriteGate, configure_sqlite
 from ..sqlite.interrupt import install_statement_guard
 
-__all__ = ["ThreadWriteGate", "create_sync_engine"]
+__all__ = ["SwitchingWriteGate", "ThreadWriteGate", "create_sync_engine"]
 
 
 def create_sync_engine(
-    settings: DatabaseSettings,
-    name: str,
-    write_gate: WriteGate | None,
-    loop: asyncio.AbstractEventLoop | None,
-) -> Engine:
-    """A sync engine for *settings*' database.
+    settings: DatabaseSettings, name: str
+) -> tuple[Engine, SwitchingWriteGate | None]:
+    """A sync engine for *settings*' database, and on SQLite its write gate.
 
-    On SQLite it takes *write_gate* on *loop*, shared with the async engine; with no
-    *loop* (``with database:``, no event loop in the process) it serialises writers
-    with a lock of its own.
+    The gate serialises writers with a lock of its own until
+    :meth:`SwitchingWriteGate.use_loop` shares the async engine's gate.
     """
     engine = create_engine(settings.sync_url, **_engine_options(settings, name))
+    gate: SwitchingWriteGate | None = None
     if settings.backend == "sqlite":
-        gate: WriteGate
-        if loop is None:
-            gate = ThreadWriteGate(settings.pool_timeout)
-        else:
-            assert write_gate is not None, "the async engine creates the gate when it starts"
-            gate = _LoopWriteGate(write_gate, loop)
+        gate = SwitchingWriteGate(settings.pool_timeout)
         configure_sqlite(engine, gate, settings.sqlite_busy_timeout_ms)
         install_statement_guard(engine, settings.statement_timeout_ms)
     else:
@@ -57,7 +49,7 @@ def create_sync_engine(
             # The same idle-aware ping as the async pool (see pool/ping.py), not
             # SQLAlchemy's ping on every checkout.
             install_idle_ping(engine.pool, settings.pool_pre_ping_idle_s, engine.dialect.do_ping)
-    return engine
+    return engine, gate
 
 
 class _LoopWriteGate(WriteGate):
@@ -136,6 +128,43 @@ class ThreadWriteGate(WriteGate):
         if self._thread_holder is record:
             self._thread_holder = None
             self._thread_lock.release()
+
+
+class SwitchingWriteGate(WriteGate):
+    """The sync engine's SQLite gate: a thread lock alone, or the loop's shared gate.
+
+    A sync engine created before the app starts (a script, a test fixture, Alembic)
+    stays the one engine once the app runs: while the app's event loop runs it takes
+    the process's gate there (:meth:`use_loop`), shared with async sessions, and goes
+    back to its own lock when the app stops (:meth:`use_threads`). Switch only while
+    no sync transaction is open (the app's start and stop).
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self._threads = ThreadWriteGate(timeout)
+        self._current: WriteGate = self._threads
+
+    def use_loop(self, gate: WriteGate, loop: asyncio.AbstractEventLoop) -> None:
+        """Take *gate* on *loop* from now on."""
+        self._current = _LoopWriteGate(gate, loop)
+
+    def use_threads(self) -> None:
+        """Take the engine's own lock from now on (no event loop)."""
+        self._current = self._threads
+
+    @property
+    def held(self) -> bool:
+        """True while a transaction holds the gate."""
+        return self._current.held
+
+    def acquire(self, record: ConnectionPoolEntry) -> None:
+        """Take the current gate for *record*."""
+        self._current.acquire(record)
+
+    def release(self, record: ConnectionPoolEntry) -> None:
+        """Give the current gate back if *record* holds it."""
+        self._current.release(record)
 
 
 def _engine_options(settings: DatabaseSettings, name: str) -> dict[str, Any]:
