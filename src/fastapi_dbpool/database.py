@@ -96,8 +96,7 @@ class Database:
         self.name = name
         session_classes(session_class, sync_session_class)  # TypeError now, not at start
         self._class_choice = (session_class, sync_session_class)
-        #: The (async, sync) session classes, decided when the database starts.
-        self.session_classes: SessionClasses = (AsyncSession, Session)
+        self._classes: SessionClasses | None = None
         max_waiting = self.settings.max_waiting
         # One monitor per pool this database may use, created up front so that metrics,
         # the dashboard and the checks list every pool from the start.
@@ -130,6 +129,17 @@ class Database:
             else None
         )
         self._replicas = ReplicaRouter(self.replica, self.settings.replica_retry_s)
+
+    @property
+    def session_classes(self) -> SessionClasses:
+        """The (async, sync) session classes the sessions are made of.
+
+        Decided when the database starts (the app's models are imported by then); before
+        that, decided anew at each call.
+        """
+        if self._classes is not None:
+            return self._classes
+        return session_classes(*self._class_choice)
 
     def __repr__(self) -> str:
         state = "started" if self._engine is not None else "stopped"
@@ -180,8 +190,8 @@ class Database:
             install_statement_timeout(engine.sync_engine, settings)
         self._engine = engine
         self._loop = asyncio.get_running_loop()
-        self.session_classes = session_classes(*self._class_choice)
-        async_class = self.session_classes[0]
+        self._classes = session_classes(*self._class_choice)
+        async_class = self._classes[0]
         self._sessions = async_sessionmaker(engine, class_=async_class, expire_on_commit=False)
         read_engine = engine.execution_options(**self._read_only_options())
         self._read_sessions = async_sessionmaker(
@@ -366,7 +376,6 @@ class Database:
         if self._sync is None and self._engine is None:
             from .request.sync import SyncDatabase
 
-            self.session_classes = session_classes(*self._class_choice)
             self._sync = SyncDatabase(self, None, self.sync_monitor)
             self._sync_outlives_app = True
         if self._sync is None:

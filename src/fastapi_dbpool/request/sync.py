@@ -105,7 +105,7 @@ class SyncDatabase:
         self.monitor = monitor
         self.engine, self._gate = create_sync_engine(settings, self.name)
         self.monitor.attach(self.engine.pool)
-        self._session_class = database.session_classes[1]
+        self._database = database
         self._joined: Connection | None = None
         self._read_only: dict[str, Any] = (
             {READ_ONLY_OPTION: True}
@@ -119,6 +119,12 @@ class SyncDatabase:
         # One slot per connection, taken on the event loop: the pools' one waiting path.
         self._slots = Waiting(self.monitor, capacity=self.capacity, timeout=self.timeout)
         self._threads = CapacityLimiter(self.capacity)
+
+    @property
+    def _session_class(self) -> type[Session]:
+        # Read at each session: the classes are decided when the app starts, maybe after
+        # this engine was created (at import, before the models were).
+        return self._database.session_classes[1]
 
     def use_loop(self, loop: asyncio.AbstractEventLoop, write_gate: WriteGate | None) -> None:
         """Serve requests on *loop* (the app started); on SQLite share its *write_gate*."""
