@@ -111,3 +111,5 @@ def test_port_has_one_sync_engine_and_its_pool_in_metrics(tmp_path: Path) -> Non
     ]  # fmt: skip
     assert checkouts, done.stdout
     assert float(checkouts[0].split()[-1]) >= 1
+    # A sync-only app: the async pool exists (created with the app) but never connects.
+    assert 'dbpool_connects_total{pool="primary"} 0.0' in done.stdout
