@@ -381,13 +381,21 @@ class Database:
         if self._sync is None:
             from .request.sync import SyncDatabase
 
-            assert self._loop is not None
-            self._sync = SyncDatabase(self, self._loop, self.sync_monitor)
+            loop = self._loop
+            assert loop is not None
+            self._sync = SyncDatabase(self, loop, self.sync_monitor)
             # A second pool now counts against the server's connections: check again
-            # (a check still running reads pools_in_use when it computes the budget).
-            if self._budget_check is None or self._budget_check.done():
-                self._budget_check = schedule_budget_check(self)
+            # (a check still running reads pools_in_use when it computes the budget),
+            # on the loop: the first use may come from a worker thread.
+            if _running_loop() is loop:
+                self._recheck_budget()
+            else:
+                loop.call_soon_threadsafe(self._recheck_budget)
         return self._sync
+
+    def _recheck_budget(self) -> None:
+        if self._engine is not None and (self._budget_check is None or self._budget_check.done()):
+            self._budget_check = schedule_budget_check(self)
 
     @property
     def pools_in_use(self) -> int:
@@ -478,6 +486,13 @@ class Database:
         if self.settings.backend == "sqlite":
             return {READ_ONLY_OPTION: True}
         return {"postgresql_readonly": True}
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _database(conn: HTTPConnection) -> Database:

@@ -93,3 +93,15 @@ async def test_one_sync_engine_before_during_and_after_the_lifespan(database_url
     assert database.sync.engine is before
     assert await anyio.to_thread.run_sync(count) == 1  # after it stopped
     database.sync.close()
+
+
+async def test_first_use_of_the_sync_engine_from_a_worker_thread(database_url: str) -> None:
+    """A `def` background task may be the first to use database.sync during the app."""
+    async with Database(url=database_url) as database:
+
+        def count() -> int:
+            with database.sync.session(read_only=True) as session:
+                return session.scalar(select(func.count()).select_from(User)) or 0
+
+        assert await anyio.to_thread.run_sync(count) == 0
+        assert database.pools_in_use == 2

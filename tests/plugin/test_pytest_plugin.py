@@ -69,6 +69,16 @@ def dbpool_app(dbpool_url):
         return {}
 
     return app
+
+
+@pytest.fixture
+async def close_leak(dbpool_app):
+    # Torn down after dbpool_client: close what /leak left checked out, quietly.
+    yield
+    leaked = getattr(dbpool_app.state, "leaked", None)
+    if leaked is not None:
+        await leaked.invalidate()
+        await leaked.close()
 """
 
 TESTS = """
@@ -91,7 +101,7 @@ async def test_4_rolled_back(dbpool_client, dbpool_database):
     assert dbpool_database.started
 
 
-async def test_5_leak_is_reported(dbpool_client):
+async def test_5_leak_is_reported(close_leak, dbpool_client):
     await dbpool_client.get("/leak")
 """
 
