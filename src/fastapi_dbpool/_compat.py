@@ -7,8 +7,8 @@ processors), it goes through this module, so that a new SQLAlchemy release is ch
 here and nowhere else: ``make test`` runs on the newest 2.1, ``make test-sa20`` on the
 newest 2.0. Each entry says what it touches and where it was checked.
 
-Checked on SQLAlchemy 2.0.58 and 2.1.9 (the CI's two lines), and by the adoption app on
-2.0.45.
+Checked on SQLAlchemy 2.0.58 and 2.1.9 (the CI's two lines: ``make test-sa20`` and
+``make test``).
 """
 
 from __future__ import annotations
