@@ -71,3 +71,22 @@ reliability: $(STAMP)  ## fault scenarios, full length (~15 min); see docs/relia
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache users_api.db*
+
+# The suite on the other supported line: the newest SQLAlchemy 2.0 and the oldest FastAPI
+# with function-scoped dependencies, in a venv of its own (.venv-sa20). Old Starlette
+# (what FastAPI 0.121 allows) imports an anyio alias that newer anyio deprecates.
+SA20_VENV := .venv-sa20
+SA20_STAMP := $(SA20_VENV)/.installed
+FASTAPI_OLDEST ?= 0.121.0
+SA20_PYTEST_ARGS ?= tests
+$(SA20_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(SA20_VENV)
+	$(SA20_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SA20_VENV)/bin/python -m pip install --quiet -e '.[test]' 'sqlalchemy[asyncio]<2.1' 'fastapi==$(FASTAPI_OLDEST)'
+	touch $(SA20_STAMP)
+
+.PHONY: test-sa20
+test-sa20: $(SA20_STAMP)  ## the suite on SQLAlchemy 2.0 and FastAPI $(FASTAPI_OLDEST)
+	$(SA20_VENV)/bin/python -c 'import sqlalchemy, fastapi; print("SQLAlchemy", sqlalchemy.__version__, "FastAPI", fastapi.__version__)'
+	$(SA20_VENV)/bin/mypy --strict --cache-dir $(SA20_VENV)/.mypy_cache src
+	$(SA20_VENV)/bin/pytest -W 'ignore:The anyio.abc.BlockingPortal alias is deprecated:DeprecationWarning' $(SA20_PYTEST_ARGS)

@@ -13,16 +13,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Concatenate, ParamSpec, TypeVa
 
 from fastapi import Depends
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 from starlette.requests import HTTPConnection
 
 from ._app import STATE_KEY, database_of
-from .errors import DatabaseNotStarted, InheritedAcrossFork
+from .errors import DatabaseNotStarted, DBPoolError, InheritedAcrossFork
 from .observe.leaks import watch_for_leaks
 from .ops.startup_check import cancel_budget_check, schedule_budget_check
 from .pool.cleanup import wait_for_pending_cleanups
@@ -33,6 +35,7 @@ from .postgres.no_answer import install_no_answer
 from .postgres.options import connect_args as postgres_connect_args
 from .postgres.options import install_statement_timeout
 from .postgres.replica import ReplicaRouter
+from .request.classes import SessionClasses, session_classes
 from .request.direct import DirectConnection, StatementCache, close_direct
 from .request.retry import retry_transaction
 from .request.session import session_unit
@@ -80,6 +83,13 @@ class Database:
         url: The database URL, instead of ``DATABASE_URL``; the other settings are still
             read from the environment.
         name: The pool's label in stats and metrics.
+        session_class: The ``AsyncSession`` subclass that :data:`SessionDep`,
+            ``ReadSessionDep`` and :meth:`session` yield, e.g. SQLModel's
+            ``sqlmodel.ext.asyncio.session.AsyncSession``.
+        sync_session_class: The ``Session`` subclass of ``SyncSessionDep`` and
+            ``SyncReadSessionDep``, e.g. ``sqlmodel.Session``. With neither class given,
+            SQLModel's are used when the app's models are SQLModel models (see
+            :mod:`fastapi_dbpool.request.classes`), SQLAlchemy's otherwise.
 
     Raises:
         SettingsError: a setting is invalid, or no URL is given and ``DATABASE_URL`` is
@@ -92,6 +102,8 @@ class Database:
         *,
         url: str | None = None,
         name: str = "primary",
+        session_class: type[AsyncSession] | None = None,
+        sync_session_class: type[Session] | None = None,
     ) -> None:
         if settings is not None and url is not None:
             raise TypeError("pass either settings or url, not both")
@@ -99,6 +111,9 @@ class Database:
             settings = DatabaseSettings.from_env(**({"url": url} if url is not None else {}))
         self.settings = settings
         self.name = name
+        session_classes(session_class, sync_session_class)  # TypeError now, not at start
+        self._class_choice = (session_class, sync_session_class)
+        self._classes: SessionClasses | None = None
         max_waiting = self.settings.max_waiting
         # One monitor per pool this database may use, created up front so that metrics,
         # the dashboard and the checks list every pool from the start.
@@ -113,12 +128,20 @@ class Database:
         self._budget_check: asyncio.Task[None] | None = None
         self.leak_detector = watch_for_leaks(self.monitor, self.settings.leak_threshold_s)
         self._sync: SyncDatabase | None = None
+        # True when the sync engine was created outside the app (database.sync before
+        # the lifespan, or `with database:`): it then outlives the app's stop.
+        self._sync_outlives_app = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._statements: StatementCache | None = None
         # A read replica is a Database of its own (its own pool, monitor and metrics
         # label); read-only sessions go there while it answers.
         self.replica: Database | None = (
-            Database(self.settings.for_replica(), name="replica")
+            Database(
+                self.settings.for_replica(),
+                name="replica",
+                session_class=session_class,
+                sync_session_class=sync_session_class,
+            )
             if self.settings.replica_url is not None
             else None
         )
@@ -126,6 +149,17 @@ class Database:
         # Started in another process that forked this one (see _mark_inherited).
         self._inherited = False
         self._started_pid: int | None = None
+
+    @property
+    def session_classes(self) -> SessionClasses:
+        """The (async, sync) session classes the sessions are made of.
+
+        Decided when the database starts (the app's models are imported by then); before
+        that, decided anew at each call.
+        """
+        if self._classes is not None:
+            return self._classes
+        return session_classes(*self._class_choice)
 
     def __repr__(self) -> str:
         state = "started" if self._engine is not None else "stopped"
@@ -151,7 +185,8 @@ class Database:
         if self._engine is None:
             raise DatabaseNotStarted(
                 f"database {self.name!r} is not started: use it inside the app's lifespan "
-                "(Database.install(app)) or `async with database:`"
+                "(Database.install(app)) or `async with database:`; sync code without an "
+                "event loop uses `with database:` and database.sync"
             )
         return self._engine
 
@@ -186,11 +221,17 @@ class Database:
         self._started_pid = os.getpid()
         _STARTED.add(self)
         self._loop = asyncio.get_running_loop()
+        self._classes = session_classes(*self._class_choice)
+        async_class = self._classes[0]
         # info: what a retried handler's session counts its retries on (request/retry.py).
         info = {MONITOR_INFO_KEY: self.monitor}
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False, info=info)
+        self._sessions = async_sessionmaker(
+            engine, class_=async_class, expire_on_commit=False, info=info
+        )
         read_engine = engine.execution_options(**self._read_only_options())
-        self._read_sessions = async_sessionmaker(read_engine, expire_on_commit=False, info=info)
+        self._read_sessions = async_sessionmaker(
+            read_engine, class_=async_class, expire_on_commit=False, info=info
+        )
         logger.debug(
             "database started",
             extra={
@@ -201,6 +242,10 @@ class Database:
                 "max_overflow": settings.max_overflow,
             },
         )
+        if self._sync is not None:
+            # Created before the app started (a script or a test fixture used
+            # database.sync): the same engine now serves requests too.
+            self._sync.use_loop(self._loop, self.write_gate)
         # In the background: start-up neither waits for the database nor fails with it.
         self._budget_check = schedule_budget_check(self)
         if self.replica is not None:
@@ -221,12 +266,16 @@ class Database:
         check, self._budget_check = self._budget_check, None
         await cancel_budget_check(check)
         engine, probe, sync = self._engine, self._probe_engine, self._sync
-        self._engine = self._probe_engine = self._sync = None
+        self._engine = self._probe_engine = None
+        if not self._sync_outlives_app:
+            self._sync = None
         self._sessions = self._read_sessions = None
         self._statements = None
         await wait_for_pending_cleanups(timeout=self.settings.pool_timeout)
         if sync is not None:
             await sync.dispose()
+            if self._sync_outlives_app:
+                sync.use_threads()
         for each in (probe, engine):
             if each is not None:
                 await each.dispose()
@@ -261,6 +310,28 @@ class Database:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    def __enter__(self) -> Database:
+        """Start the sync engine alone, for sync code with no event loop (scripts, CLI).
+
+        ``with database:`` gives :attr:`sync` (``database.sync.engine``,
+        ``database.sync.session()``) on the same settings as the app, opens no async
+        pool, and closes the sync pool when the block ends. Inside a running app use
+        the lifespan (:meth:`install`) instead.
+        """
+        if self._engine is not None:
+            raise DBPoolError(
+                f"database {self.name!r} is already started; `with database:` is for sync "
+                "code outside the app (scripts, CLI commands, test fixtures)"
+            )
+        self.sync  # noqa: B018 - created now, without an event loop
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        sync, self._sync = self._sync, None
+        self._sync_outlives_app = False
+        if sync is not None:
+            sync.close()
 
     def install(self, app: Any) -> None:
         """Attach to a FastAPI/Starlette *app*: lifespan, app state and error responses.
@@ -303,6 +374,27 @@ class Database:
         if replica is not None:
             return self._replicas.watch(replica.session(read_only=True))
         return self._session(read_only)
+
+    def join(self, connection: AsyncConnection | None) -> None:
+        """Run every session in a savepoint of *connection*'s transaction; None: stop.
+
+        SQLAlchemy's "join a session into an external transaction" recipe, for tests
+        (:mod:`fastapi_dbpool.pytest_plugin` does it): a session's commit releases its
+        savepoint, and the test's rollback undoes everything. Direct connections
+        (``ConnectionDep``) do not join; the sync side has ``database.sync.join``.
+        """
+        if connection is None:
+            engine = self.engine
+            bind: Any = engine
+            read_bind: Any = engine.execution_options(**self._read_only_options())
+            mode: Any = "conservative_savepoint"
+        else:
+            bind = read_bind = connection
+            mode = "create_savepoint"
+        cls = self.session_classes[0]
+        options: dict[str, Any] = {"class_": cls, "expire_on_commit": False}
+        self._sessions = async_sessionmaker(bind, join_transaction_mode=mode, **options)
+        self._read_sessions = async_sessionmaker(read_bind, join_transaction_mode=mode, **options)
 
     def monitors(self) -> list[PoolMonitor]:
         """Every pool this database uses: async, sync, health probe, and the replica's.
@@ -385,20 +477,34 @@ class Database:
     def sync(self) -> SyncDatabase:
         """The sync engine on the same database, created at first use (see :mod:`.sync`).
 
-        Raises:
-            DatabaseNotStarted: outside the app's lifespan.
+        In the app's lifespan (or ``async with database:``) it serves ``SyncSessionDep``.
+        Outside it (a script, a test fixture, Alembic; ``with database:`` closes it at
+        the block's end) it is created without an event loop, and when the app starts
+        the same engine serves requests too: one sync engine per process.
         """
+        if self._sync is None and self._engine is None:
+            from .request.sync import SyncDatabase
+
+            self._sync = SyncDatabase(self, None, self.sync_monitor)
+            self._sync_outlives_app = True
         if self._sync is None:
             from .request.sync import SyncDatabase
 
-            self.engine  # noqa: B018 - raises DatabaseNotStarted with the reason
-            assert self._loop is not None
-            self._sync = SyncDatabase(self, self._loop, self.sync_monitor)
+            loop = self._loop
+            assert loop is not None
+            self._sync = SyncDatabase(self, loop, self.sync_monitor)
             # A second pool now counts against the server's connections: check again
-            # (a check still running reads pools_in_use when it computes the budget).
-            if self._budget_check is None or self._budget_check.done():
-                self._budget_check = schedule_budget_check(self)
+            # (a check still running reads pools_in_use when it computes the budget),
+            # on the loop: the first use may come from a worker thread.
+            if _running_loop() is loop:
+                self._recheck_budget()
+            else:
+                loop.call_soon_threadsafe(self._recheck_budget)
         return self._sync
+
+    def _recheck_budget(self) -> None:
+        if self._engine is not None and (self._budget_check is None or self._budget_check.done()):
+            self._budget_check = schedule_budget_check(self)
 
     @property
     def pools_in_use(self) -> int:
@@ -489,6 +595,13 @@ class Database:
         if self.settings.backend == "sqlite":
             return {READ_ONLY_OPTION: True}
         return {"postgresql_readonly": True}
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _database(conn: HTTPConnection) -> Database:

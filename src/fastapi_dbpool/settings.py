@@ -40,11 +40,18 @@ _ASYNC_DRIVERS = {
     "postgres": "postgresql+asyncpg",
     "postgresql": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
-    "postgresql+psycopg": "postgresql+asyncpg",
-    "postgresql+psycopg2": "postgresql+asyncpg",
     "sqlite": "sqlite+aiosqlite",
     "sqlite+aiosqlite": "sqlite+aiosqlite",
     "sqlite+pysqlite": "sqlite+aiosqlite",
+}
+
+# Drivers a URL may name but the library cannot honour: refused, never swapped.
+_REFUSED_DRIVERS = {
+    "postgresql+psycopg2": "names psycopg2, which has no async mode",
+    "postgresql+psycopg": (
+        "names psycopg, but async sessions here run on asyncpg (direct connections, "
+        "timeouts and pings are built on it) and sync sessions on psycopg 3 already"
+    ),
 }
 
 # The sync twin of each async driver, for sync sessions and tools that need one.
@@ -105,6 +112,12 @@ def normalise_url(raw: str) -> URL:
         url = make_url(raw.strip())
     except (ArgumentError, ValueError):
         raise ValueError("is not a database URL (expected postgresql://… or sqlite:///…)") from None
+    refused = _REFUSED_DRIVERS.get(url.drivername)
+    if refused is not None:
+        plain = url.set(drivername="postgresql").render_as_string(hide_password=True)
+        raise ValueError(
+            f"{refused}; write {plain} (asyncpg for async sessions, psycopg 3 for sync ones)"
+        )
     driver = _ASYNC_DRIVERS.get(url.drivername)
     if driver is None:
         known = ", ".join(sorted({d.split("+")[0] + "://" for d in _ASYNC_DRIVERS}))

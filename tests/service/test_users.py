@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from datetime import datetime
 
 import httpx
 import pytest
+from fastapi import FastAPI
+
+from tests.backends import skip_or_fail
 
 
 async def create(
@@ -80,6 +84,10 @@ async def test_lone_surrogate_is_4xx(client: httpx.AsyncClient) -> None:
 
 
 async def test_body_too_large_is_413(client: httpx.AsyncClient) -> None:
+    if "max_body_size" not in inspect.signature(FastAPI).parameters:
+        # make test-sa20 runs the oldest FastAPI the library supports (0.121); users_api's
+        # body limit is FastAPI's own max_body_size, which that release does not have.
+        skip_or_fail("this FastAPI has no max_body_size (users_api's body limit)", required=False)
     response = await client.post(
         "/users",
         content=b'{"name": "' + b"x" * 400_000 + b'"}',

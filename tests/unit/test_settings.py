@@ -64,7 +64,6 @@ def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("postgresql://u@h/db", "postgresql+asyncpg"),
         ("postgres://u@h/db", "postgresql+asyncpg"),
-        ("postgresql+psycopg2://u@h/db", "postgresql+asyncpg"),
         ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg"),
         ("sqlite:///./x.db", "sqlite+aiosqlite"),
         ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite"),
@@ -72,6 +71,22 @@ def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_url_schemes_map_to_async_drivers(given_url: str, driver: str) -> None:
     assert DatabaseSettings(url=given_url).sqlalchemy_url.drivername == driver
+
+
+@pytest.mark.parametrize(
+    ("given_url", "says"),
+    [
+        ("postgresql+psycopg2://u:secret@h/db", "names psycopg2, which has no async mode"),
+        ("postgresql+psycopg://u:secret@h/db", "names psycopg, but async sessions here run on"),
+    ],
+)
+def test_driver_that_cannot_be_honoured_is_refused_not_swapped(given_url: str, says: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        DatabaseSettings.from_env(url=given_url)
+    message = str(raised.value)
+    assert "DATABASE_URL" in message and says in message
+    assert "write postgresql://u:***@h/db" in message
+    assert "secret" not in message
 
 
 def test_sync_url_uses_sync_drivers() -> None:

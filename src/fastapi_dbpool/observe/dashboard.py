@@ -89,7 +89,9 @@ class PoolDashboard:
     def router(self, path: str = "/pool", *, token: SecretStr | None = None) -> APIRouter:
         """Routes ``GET <path>``, ``<path>/stats`` and the page's script and styles."""
         guard = token_check(token, challenge='Basic realm="pool dashboard", charset="UTF-8"')
-        router = APIRouter(dependencies=[Depends(guard)])
+        # Tagged, like every route the library adds: an app whose
+        # generate_unique_id_function reads route.tags[0] must keep working.
+        router = APIRouter(dependencies=[Depends(guard)], tags=["pool"])
         security = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"}
 
         @router.get(path, include_in_schema=False)

@@ -274,7 +274,9 @@ class Metrics:
 
     def router(self, path: str = "/metrics", *, token: SecretStr | None = None) -> APIRouter:
         """A router with ``GET <path>``; with *token*, it answers 401 without it."""
-        router = APIRouter()
+        # Tagged, like every route the library adds: an app whose
+        # generate_unique_id_function reads route.tags[0] must keep working.
+        router = APIRouter(tags=["metrics"])
         guard = token_check(token, challenge='Bearer realm="metrics"')
 
         @router.get(path, include_in_schema=False, dependencies=[Depends(guard)])

@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, QueuePool
 
+from .._compat import max_overflow as max_overflow_of
+
 __all__ = ["MONITOR_INFO_KEY", "DurationObserver", "PoolMonitor", "PoolSnapshot"]
 
 # A callback that receives one duration in seconds (checkout wait or hold time).
@@ -140,7 +142,7 @@ class PoolMonitor:
         """Return the pool's state now. Cheap: reads counters, takes no lock."""
         pool = self._pool
         if isinstance(pool, QueuePool):
-            size, max_overflow = pool.size(), max(pool._max_overflow, 0)
+            size, max_overflow = pool.size(), max_overflow_of(pool)
             checked_out, overflow = pool.checkedout(), max(pool.overflow(), 0)
             idle = pool.checkedin()
         else:  # not started, or a pool that keeps nothing (NullPool): what events saw

@@ -1,8 +1,9 @@
 """The pool itself: SQLAlchemy's queue pool, with fair waiting and errors that name settings.
 
 Everything is the stock ``AsyncAdaptedQueuePool`` (or ``QueuePool`` for threads) except
-the one method where a caller waits for a connection (``_do_get``) and the one where a
-connection comes back (``_do_return_conn``): there the pool goes through
+the one method where a caller waits for a connection and the one where a connection
+comes back (SQLAlchemy's private ``_do_get`` / ``_do_return_conn``, reached through
+:class:`~fastapi_dbpool._compat.QueuePoolHooks`): there the pool goes through
 :class:`~.waiting.Waiting`, so that callers queue first come, first served, the queue
 is bounded by ``DB_MAX_WAITING``, and a timeout raises
 :class:`~fastapi_dbpool.errors.PoolTimeout` instead of SQLAlchemy's ``TimeoutError``.
@@ -13,18 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import exc
-from sqlalchemy.pool import (
-    AsyncAdaptedQueuePool,
-    ConnectionPoolEntry,
-    Pool,
-    PoolProxiedConnection,
-)
-from sqlalchemy.util.queue import Queue
+from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
-from .._compat import await_
+from .._compat import QueuePoolHooks, await_, driver_errors, threaded
+from .._compat import max_overflow as max_overflow_of
 from ..errors import ConnectFailed
 from .monitor import PoolMonitor
 from .waiting import Waiting
@@ -39,7 +36,7 @@ if POOL_LOGGER.level == logging.NOTSET:
     POOL_LOGGER.setLevel(logging.WARNING)
 
 
-class MonitoredPool(AsyncAdaptedQueuePool):
+class MonitoredPool(QueuePoolHooks):
     """``AsyncAdaptedQueuePool`` whose callers wait in :class:`~.waiting.Waiting`.
 
     One permit per connection the pool may hand out, FIFO: a caller arriving while
@@ -56,7 +53,7 @@ class MonitoredPool(AsyncAdaptedQueuePool):
     @property
     def max_overflow(self) -> int:
         """Overflow connections allowed beyond ``size()``."""
-        return max(self._max_overflow, 0)
+        return max_overflow_of(self)
 
     @property
     def capacity(self) -> int:
@@ -71,7 +68,7 @@ class MonitoredPool(AsyncAdaptedQueuePool):
     def use_monitor(self, monitor: PoolMonitor) -> None:
         """Report to *monitor* and wait through its :class:`Waiting` (done once, at start)."""
         self.monitor = monitor
-        self.waiting = Waiting(monitor, capacity=self.capacity, timeout=self._timeout)
+        self.waiting = Waiting(monitor, capacity=self.capacity, timeout=self.timeout())
 
     def recreate(self) -> MonitoredPool:
         """Recreate the pool (on dispose) keeping its monitor."""
@@ -82,16 +79,17 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         self.monitor._pool = new
         return new
 
-    def _do_get(self) -> ConnectionPoolEntry:
-        if not self._is_asyncio:
-            return self._do_get_threaded()
+    def get_record(self, take: Callable[[], ConnectionPoolEntry]) -> ConnectionPoolEntry:
+        """Wait for a permit (FIFO, bounded), then take a record with SQLAlchemy's *take*."""
+        if not self.is_asyncio:
+            return self._get_threaded(take)
         waiting = self.waiting
         started = time.perf_counter()
         if not waiting.try_take():
             # In SQLAlchemy's greenlet: await the permit on the event loop.
             await_(waiting.take())
         try:
-            entry = super()._do_get()
+            entry = take()
         except exc.TimeoutError:
             # A permit guarantees a free slot; this only happens if the permits and the
             # pool disagree (a connection handed out outside this method).
@@ -103,25 +101,28 @@ class MonitoredPool(AsyncAdaptedQueuePool):
         self.monitor._waited(time.perf_counter() - started)
         return entry
 
-    def _do_get_threaded(self) -> ConnectionPoolEntry:
+    def _get_threaded(self, take: Callable[[], ConnectionPoolEntry]) -> ConnectionPoolEntry:
         waiting = self.waiting
         started = time.perf_counter()
         if self.checkedout() < self.capacity:
-            entry = super()._do_get()
+            entry = take()
         else:
             with waiting.queued():
                 try:
-                    entry = super()._do_get()
+                    entry = take()
                 except exc.TimeoutError:
                     raise waiting.timed_out() from None
         self.monitor._waited(time.perf_counter() - started)
         return entry
 
-    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+    def return_record(
+        self, record: ConnectionPoolEntry, put: Callable[[ConnectionPoolEntry], None]
+    ) -> None:
+        """Give *record* back with SQLAlchemy's *put*, then its permit."""
         try:
-            super()._do_return_conn(record)
+            put(record)
         finally:
-            if self._is_asyncio:
+            if self.is_asyncio:
                 self.waiting.give_back()
 
     def connect(self) -> PoolProxiedConnection:
@@ -146,18 +147,12 @@ class MonitoredPool(AsyncAdaptedQueuePool):
     def _connect_errors(self) -> tuple[type[BaseException], ...]:
         # Network errors, and the driver's own errors raised while opening a session
         # (authentication, a refused startup parameter, too many clients).
-        dbapi = getattr(self._dialect, "loaded_dbapi", None)
-        driver_error = getattr(dbapi, "Error", None)
-        if isinstance(driver_error, type) and issubclass(driver_error, BaseException):
-            return (OSError, TimeoutError, driver_error)
-        return (OSError, TimeoutError)
+        return (OSError, TimeoutError, *driver_errors(self.engine_dialect))
 
 
+@threaded
 class MonitoredSyncPool(MonitoredPool):
     """:class:`MonitoredPool` for threads: SQLAlchemy's thread-safe queue, not asyncio's."""
-
-    _is_asyncio = False
-    _queue_class = Queue  # type: ignore[assignment]  # generic class vs. its instance type
 
 
 def monitor_of(pool: Pool) -> PoolMonitor | None:

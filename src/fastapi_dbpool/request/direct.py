@@ -35,9 +35,16 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import CompoundSelect, Select, TextualSelect
-from sqlalchemy.util import LRUCache
 
-from .._compat import greenlet_spawn
+from .._compat import (
+    LRUCache,
+    bind_processors,
+    cache_key,
+    checkin_without_reset,
+    greenlet_spawn,
+    result_processors,
+    translate_driver_error,
+)
 from ..errors import DirectConnectionMisuse, TransactionOpen, WriteInReadSession
 from ..pool.cleanup import run_to_completion
 from ..postgres.no_answer import is_no_answer, no_answer_error
@@ -68,7 +75,7 @@ class _Plan:
         self.compiled = compiled
         self.sql = compiled.string
         self.order = list(compiled.positiontup or ())
-        binds: Mapping[str, Any] = compiled._bind_processors
+        binds = bind_processors(compiled)
         self.processors: list[Any] = [binds.get(name) for name in self.order]
         # Python-side column defaults (``default=utcnow``) that SQLAlchemy would compute
         # in its execution context; a bare compile leaves them to the caller.
@@ -77,11 +84,7 @@ class _Plan:
             for column in (*compiled.insert_prefetch, *compiled.update_prefetch)
             if column.key in compiled.binds
         }
-        dialect = compiled.dialect
-        self.keys = [
-            (entry.keyname, entry.type._cached_result_processor(dialect, None))
-            for entry in compiled._result_columns
-        ]
+        self.keys = result_processors(compiled)
 
     def arguments(self, params: Mapping[str, Any] | None, extracted: Any = None) -> list[Any]:
         values = self.compiled.construct_params(params, extracted_parameters=extracted)
@@ -158,7 +161,7 @@ class StatementCache:
         found = self._by_id.get(id(statement))
         if found is not None and found.statement is statement:
             return found, None
-        key = statement._generate_cache_key()  # type: ignore[attr-defined]
+        key = cache_key(statement)
         if key is None:  # not cacheable: compile every time
             return _Plan(statement, self._compile(statement, None)), None
         found = self._by_key.get(key.key)
@@ -439,8 +442,7 @@ class DirectConnection:
             self._give_gate()  # no connection: nothing to write with
             raise
         self._fairy = fairy
-        adapter: Any = fairy.dbapi_connection
-        self._driver = adapter._connection
+        self._driver = fairy.driver_connection
 
     async def _release(
         self, *, invalidate: BaseException | None = None, keep_gate: bool = False
@@ -464,7 +466,7 @@ class DirectConnection:
         # No transaction is open (never begun, or committed / rolled back above), so the
         # pool's rollback-on-return has nothing to do; on SQLite it would cost a thread
         # hop per request. SQLAlchemy's own Connection checks in the same way.
-        await greenlet_spawn(fairy._checkin, True)
+        await greenlet_spawn(checkin_without_reset, fairy)
 
     async def close(self, *, commit: bool) -> None:
         """End the transaction (commit if *commit*, else roll back) and return the connection.
@@ -514,10 +516,7 @@ class DirectConnection:
         translated: Exception = error
         adapter: Any = self._fairy.dbapi_connection if self._fairy is not None else None
         if adapter is not None and not isinstance(error, dbapi_error_class):
-            try:
-                adapter._handle_exception(error)
-            except Exception as mapped:
-                translated = mapped
+            translated = translate_driver_error(adapter, error)
         if not isinstance(translated, dbapi_error_class):
             return translated
         invalidated = dialect.is_disconnect(translated, adapter, None)

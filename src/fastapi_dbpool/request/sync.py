@@ -43,8 +43,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -61,7 +61,7 @@ from ..observe.leaks import endpoint_context, watch_for_leaks
 from ..pool.cleanup import run_to_completion
 from ..pool.monitor import PoolMonitor, PoolSnapshot
 from ..pool.waiting import Waiting
-from ..sqlite.gate import READ_ONLY_OPTION
+from ..sqlite.gate import READ_ONLY_OPTION, WriteGate
 from .sync_engine import create_sync_engine
 
 if TYPE_CHECKING:
@@ -85,38 +85,92 @@ class SyncDatabase:
     Its pool has the async pool's settings (``DB_POOL_SIZE``, ``DB_MAX_OVERFLOW``,
     ``DB_POOL_TIMEOUT``...) and connections of its own, through psycopg 3 or sqlite3.
     Requests get sessions from :data:`SyncSessionDep`; :meth:`begin` is the primitive
-    behind it.
+    behind it. Scripts, workers and sync background tasks use :meth:`session`.
 
     Args:
-        database: The started database whose settings and SQLite write gate it shares.
-        loop: The app's event loop, where waiting and timers happen.
+        database: The database whose settings and SQLite write gate it shares.
+        loop: The app's event loop, where waiting and timers happen; None for a sync
+            engine alone (``with database:``): then only :meth:`session` and
+            :attr:`engine` are available, and on SQLite writers queue on a lock.
+        monitor: The sync pool's monitor.
     """
 
     def __init__(
-        self, database: Database, loop: asyncio.AbstractEventLoop, monitor: PoolMonitor
+        self, database: Database, loop: asyncio.AbstractEventLoop | None, monitor: PoolMonitor
     ) -> None:
         settings = database.settings
         self.name = monitor.name
         self.capacity = settings.pool_size + settings.max_overflow
         self.timeout = settings.pool_timeout
         self.monitor = monitor
-        self.engine = create_sync_engine(settings, self.name, database.write_gate, loop)
-        self._gate = database.write_gate  # SQLite: writers queue here before their slot
+        self.engine, self._gate = create_sync_engine(settings, self.name)
+        # SQLite: the loop's write gate, where a writing unit queues before its slot
+        # (set while the app's loop serves requests; see use_loop).
+        self._unit_gate: WriteGate | None = None
         self.monitor.attach(self.engine.pool)
+        self._database = database
+        self._joined: Connection | None = None
         self._read_only: dict[str, Any] = (
             {READ_ONLY_OPTION: True}
             if settings.backend == "sqlite"
             else {"postgresql_readonly": True}
         )
         self.leak_detector = watch_for_leaks(self.monitor, settings.leak_threshold_s, loop)
-        self._loop = loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        if loop is not None:
+            self.use_loop(loop, database.write_gate)
         # One slot per connection, taken on the event loop: the pools' one waiting path.
         self._slots = Waiting(self.monitor, capacity=self.capacity, timeout=self.timeout)
         self._threads = CapacityLimiter(self.capacity)
 
+    @property
+    def _session_class(self) -> type[Session]:
+        # Read at each session: the classes are decided when the app starts, maybe after
+        # this engine was created (at import, before the models were).
+        return self._database.session_classes[1]
+
+    def use_loop(self, loop: asyncio.AbstractEventLoop, write_gate: WriteGate | None) -> None:
+        """Serve requests on *loop* (the app started); on SQLite share its *write_gate*."""
+        self._loop = loop
+        if self._gate is not None:
+            assert write_gate is not None, "the async engine creates the gate when it starts"
+            self._gate.use_loop(write_gate, loop)
+            self._unit_gate = write_gate
+
+    def use_threads(self) -> None:
+        """Back to sync use alone (the app stopped): scripts and fixtures go on working."""
+        self._loop = None
+        if self._gate is not None:
+            self._gate.use_threads()
+            self._unit_gate = None
+
     def pool_snapshot(self) -> PoolSnapshot:
         """The sync pool's state now (see :class:`~fastapi_dbpool.PoolSnapshot`)."""
         return self.monitor.snapshot()
+
+    @contextmanager
+    def session(self, *, read_only: bool = False) -> Iterator[Session]:
+        """Open a sync session in its own transaction: commit on success, roll back on error.
+
+        For sync code outside requests: scripts, CLI commands, test fixtures, ``def``
+        background tasks. Blocks the calling thread while it waits for a connection
+        (at most ``DB_POOL_TIMEOUT`` seconds, then PoolTimeout); never call it on the
+        event loop's thread. A *read_only* session does not take SQLite's write lock
+        and runs READ ONLY on PostgreSQL.
+        """
+        with self.engine.connect() as connection:
+            if read_only:
+                connection.execution_options(**self._read_only)
+            with self._session_class(bind=connection, expire_on_commit=False) as session:
+                try:
+                    yield session
+                except BaseException:
+                    session.rollback()
+                    raise
+                if read_only:
+                    session.rollback()
+                else:
+                    session.commit()
 
     async def begin(self, *, read_only: bool = False) -> UnitOfWork:
         """Wait for a slot, then check out a connection for a new unit of work.
@@ -128,11 +182,16 @@ class SyncDatabase:
             PoolTimeout: no slot became free within ``DB_POOL_TIMEOUT`` seconds.
             TooManyWaiting: ``DB_MAX_WAITING`` requests already wait for one.
         """
+        if self._loop is None:
+            raise DBPoolError(
+                "this sync engine was started by `with database:` and has no event loop; "
+                "request sessions need the app's lifespan (Database.install(app))"
+            )
         # A writer queues for SQLite's gate before it takes a slot (and so a connection):
         # writers waiting for the lock must not hold the connections readers need.
         gated = None
-        if self._gate is not None and not read_only:
-            gated = await self._gate.acquire_for_unit()
+        if self._unit_gate is not None and not read_only:
+            gated = await self._unit_gate.acquire_for_unit()
         try:
             await self._take_slot()
         except BaseException:
@@ -152,9 +211,13 @@ class SyncDatabase:
 
     async def dispose(self) -> None:
         """Close the pool's connections (called when the app stops)."""
+        await anyio.to_thread.run_sync(self.close)
+
+    def close(self) -> None:
+        """Close the pool's connections, blocking (``with database:`` ends)."""
         if self.leak_detector is not None:
             self.leak_detector.stop()
-        await anyio.to_thread.run_sync(self.engine.dispose)
+        self.engine.dispose()
 
     # -- slots ----------------------------------------------------------------------
 
@@ -167,22 +230,41 @@ class SyncDatabase:
 
     def _release_gate(self, gated: object | None) -> None:
         """Give the write gate back for a unit that took it; callable from any thread."""
-        if gated is None or self._gate is None:
+        gate, loop = self._unit_gate, self._loop
+        if gated is None or gate is None or loop is None:
             return
-        if _running_loop() is self._loop:
-            self._gate.release(gated)
+        if _running_loop() is loop:
+            gate.release(gated)
             return
         with suppress(RuntimeError):  # the loop is closed: the gate went with it
-            self._loop.call_soon_threadsafe(self._gate.release, gated)
+            loop.call_soon_threadsafe(gate.release, gated)
 
     def _release_slot(self) -> None:
         """Give a slot back; callable from any thread."""
+        if self._loop is None:
+            return
         with suppress(RuntimeError):  # the loop is closed: the slots went with it
             self._loop.call_soon_threadsafe(self._slots.give_back)
 
     # -- in the lane's worker threads ------------------------------------------------------
 
+    def join(self, connection: Connection | None) -> None:
+        """Run every session in a savepoint of *connection*'s transaction; None: stop.
+
+        SQLAlchemy's "join a session into an external transaction" recipe, for tests
+        (see :mod:`fastapi_dbpool.pytest_plugin`): a session's commit releases its
+        savepoint, and the test's rollback undoes everything.
+        """
+        self._joined = connection
+
     def _open(self, read_only: bool, gated: object | None) -> UnitOfWork:
+        if self._joined is not None:
+            session = self._session_class(
+                bind=self._joined, expire_on_commit=False, join_transaction_mode="create_savepoint"
+            )
+            return UnitOfWork(
+                self, _Borrowed(self._joined), session, read_only=read_only, gated=gated
+            )
         try:
             connection = self.engine.connect()
         except BaseException:
@@ -192,7 +274,7 @@ class SyncDatabase:
         try:
             if read_only:
                 connection.execution_options(**self._read_only)
-            session = Session(bind=connection, expire_on_commit=False)
+            session = self._session_class(bind=connection, expire_on_commit=False)
         except BaseException:
             connection.close()
             self._release_slot()
@@ -211,7 +293,7 @@ class UnitOfWork:
     def __init__(
         self,
         owner: SyncDatabase,
-        connection: Connection,
+        connection: Connection | _Borrowed,
         session: Session,
         *,
         read_only: bool,
@@ -298,6 +380,19 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+class _Borrowed:
+    """A joined test connection lent to a unit of work: the test closes it, not the unit."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def close(self) -> None:
+        """Keep the test's connection open."""
+
+    def invalidate(self) -> None:
+        """Keep the test's connection: its transaction is rolled back at the test's end."""
 
 
 async def _end_when_open(opening: asyncio.Future[UnitOfWork]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
+import threading
 from contextlib import suppress
 from typing import Any
 
@@ -25,20 +26,21 @@ from ..settings import DatabaseSettings
 from ..sqlite.gate import WriteGate, configure_sqlite
 from ..sqlite.interrupt import install_statement_guard
 
-__all__ = ["create_sync_engine"]
+__all__ = ["SwitchingWriteGate", "ThreadWriteGate", "create_sync_engine"]
 
 
 def create_sync_engine(
-    settings: DatabaseSettings,
-    name: str,
-    write_gate: WriteGate | None,
-    loop: asyncio.AbstractEventLoop,
-) -> Engine:
-    """A sync engine for *settings*' database; on SQLite it takes *write_gate* on *loop*."""
+    settings: DatabaseSettings, name: str
+) -> tuple[Engine, SwitchingWriteGate | None]:
+    """A sync engine for *settings*' database, and on SQLite its write gate.
+
+    The gate serialises writers with a lock of its own until
+    :meth:`SwitchingWriteGate.use_loop` shares the async engine's gate.
+    """
     engine = create_engine(settings.sync_url, **_engine_options(settings, name))
+    gate: SwitchingWriteGate | None = None
     if settings.backend == "sqlite":
-        assert write_gate is not None, "the async engine creates the gate when it starts"
-        gate = _LoopWriteGate(write_gate, loop)
+        gate = SwitchingWriteGate(settings.pool_timeout)
         configure_sqlite(engine, gate, settings.sqlite_busy_timeout_ms)
         install_statement_guard(engine, settings.statement_timeout_ms)
     else:
@@ -47,7 +49,7 @@ def create_sync_engine(
             # The same idle-aware ping as the async pool (see pool/ping.py), not
             # SQLAlchemy's ping on every checkout.
             install_idle_ping(engine.pool, settings.pool_pre_ping_idle_s, engine.dialect.do_ping)
-    return engine
+    return engine, gate
 
 
 class _LoopWriteGate(WriteGate):
@@ -103,6 +105,78 @@ class _LoopWriteGate(WriteGate):
         """Give the gate back on the loop if *holder* (a connection's record) holds it."""
         with suppress(RuntimeError):  # the loop is closed: the gate went with it
             self._loop.call_soon_threadsafe(self._gate.release, holder)
+
+
+class ThreadWriteGate(WriteGate):
+    """SQLite's one-writer gate for threads only: a sync engine with no event loop."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self._thread_lock = threading.Lock()
+        self._thread_holder: ConnectionPoolEntry | None = None
+
+    @property
+    def held(self) -> bool:
+        """True while a transaction holds the gate."""
+        return self._thread_lock.locked()
+
+    def acquire(self, record: ConnectionPoolEntry) -> None:
+        """Block until the gate is free, for up to ``DB_POOL_TIMEOUT`` seconds."""
+        if self._thread_holder is record:
+            return
+        if not self._thread_lock.acquire(timeout=self.timeout):
+            raise PoolTimeout(
+                f"database busy: another transaction held SQLite's write lock for more "
+                f"than {self.timeout:.2f} s (DB_POOL_TIMEOUT); keep write transactions short"
+            )
+        self._thread_holder = record
+
+    def release(self, record: object) -> None:
+        """Give the gate back if *record* holds it."""
+        if self._thread_holder is record:
+            self._thread_holder = None
+            self._thread_lock.release()
+
+
+class SwitchingWriteGate(WriteGate):
+    """The sync engine's SQLite gate: a thread lock alone, or the loop's shared gate.
+
+    A sync engine created before the app starts (a script, a test fixture, Alembic)
+    stays the one engine once the app runs: while the app's event loop runs it takes
+    the process's gate there (:meth:`use_loop`), shared with async sessions, and goes
+    back to its own lock when the app stops (:meth:`use_threads`). Switch only while
+    no sync transaction is open (the app's start and stop).
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self._threads = ThreadWriteGate(timeout)
+        self._current: WriteGate = self._threads
+
+    def use_loop(self, gate: WriteGate, loop: asyncio.AbstractEventLoop) -> None:
+        """Take *gate* on *loop* from now on."""
+        self._current = _LoopWriteGate(gate, loop)
+
+    def use_threads(self) -> None:
+        """Take the engine's own lock from now on (no event loop)."""
+        self._current = self._threads
+
+    @property
+    def held(self) -> bool:
+        """True while a transaction holds the gate."""
+        return self._current.held
+
+    def held_here(self) -> bool:
+        """True when the unit of work this thread runs for holds the current gate."""
+        return self._current.held_here()
+
+    def acquire(self, record: ConnectionPoolEntry) -> None:
+        """Take the current gate for *record*."""
+        self._current.acquire(record)
+
+    def release(self, record: object) -> None:
+        """Give the current gate back if *record* holds it."""
+        self._current.release(record)
 
 
 def _engine_options(settings: DatabaseSettings, name: str) -> dict[str, Any]:

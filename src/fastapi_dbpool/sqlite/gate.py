@@ -48,7 +48,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from .._compat import await_
+from .._compat import await_, connection_record
 from ..errors import PoolTimeout
 from ..pool.waiting import acquire_within
 
@@ -180,7 +180,7 @@ def configure_sqlite(engine: Engine, gate: WriteGate, busy_timeout_ms: int) -> N
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             return
         # Begun outside a unit of work: take the gate for the connection, until checkin.
-        record = conn.connection._connection_record
+        record = connection_record(conn.connection)
         assert record is not None
         gate.acquire(record)
         try:

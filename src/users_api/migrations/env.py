@@ -1,18 +1,18 @@
-"""Alembic environment: async, on the database DATABASE_URL names, with a NullPool.
+"""Alembic environment: the app's own Database, on the database DATABASE_URL names.
 
-Migrations run once and exit, so they take no pool: a NullPool opens one connection
-and closes it. The URL comes from the same settings the app reads (or from
-``config.attributes["connection"]`` / ``sqlalchemy.url`` when a caller provides one).
+``with Database(...)`` starts the sync engine alone (no event loop, no async pool), with
+the same settings, pragmas and statement timeout as the app; migrations take one
+connection and the pool is disposed when they end. The URL comes from the same
+settings the app reads (or from ``config.attributes["connection"]`` /
+``sqlalchemy.url`` when a caller provides one).
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from alembic import context
-from sqlalchemy import Connection, pool
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import Connection
 
+from fastapi_dbpool import Database
 from users_api.config import database_settings
 from users_api.models import Base
 
@@ -41,25 +41,29 @@ def _run(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def _run_async() -> None:
-    engine = create_async_engine(_url(), poolclass=pool.NullPool)
-    try:
-        async with engine.connect() as connection:
-            sqlite = connection.dialect.name == "sqlite"
+def _run_with_database() -> None:
+    database = Database(database_settings(config.get_main_option("sqlalchemy.url")))
+    with database, database.sync.engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        raw = connection.connection.dbapi_connection
+        assert raw is not None, "a checked-out connection has its driver connection"
+        if sqlite:
+            # Off while migrating, as Alembic's batch mode needs: copying a table drops
+            # the old one, and with foreign keys on, dropping ``users`` would first delete
+            # every row of ``items`` by the ON DELETE CASCADE. PRAGMA foreign_keys cannot
+            # change inside a transaction: set it on the driver's connection, before any.
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            _run(connection)
             if sqlite:
-                # Off while migrating, as Alembic's batch mode needs: copying a table
-                # drops the old one, and with foreign keys on, dropping ``users``
-                # would first delete every row of ``items`` by the ON DELETE CASCADE.
-                # PRAGMA foreign_keys cannot change inside a transaction: set it first.
-                await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-            await connection.run_sync(_run)
-            if sqlite:
-                broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
                 if broken:
                     raise RuntimeError(f"migration left {len(broken)} dangling foreign key(s)")
-            await connection.commit()
-    finally:
-        await engine.dispose()
+            connection.commit()
+        finally:
+            if sqlite:
+                connection.rollback()
+                raw.execute("PRAGMA foreign_keys=ON")
 
 
 def run_migrations_offline() -> None:
@@ -81,4 +85,4 @@ else:
     if given is not None:
         _run(given)  # a caller (tests) handed us a sync connection
     else:
-        asyncio.run(_run_async())
+        _run_with_database()

@@ -1,0 +1,132 @@
+"""The pytest plugin, used as an app's test suite uses it: run by pytester in a subprocess.
+
+An app with async and ``def`` endpoints; its tests commit, and the next test sees none
+of it (the per-test transaction was rolled back); a test that leaks a connection fails.
+On SQLite (no URL) and on PostgreSQL (``DBPOOL_TEST_URL``: a database created and dropped).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.backends import ADMIN_URL, require_postgres
+
+pytest_plugins = ["pytester"]
+
+CONFTEST = """
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from fastapi_dbpool import Database, SessionDep, SyncSessionDep
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Note(Base):
+    __tablename__ = "notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str]
+
+
+@pytest.fixture(scope="session")
+def dbpool_metadata():
+    return Base.metadata
+
+
+@pytest.fixture
+def dbpool_app(dbpool_url):
+    app = FastAPI()
+    Database(url=dbpool_url).install(app)
+
+    @app.post("/notes", status_code=201)
+    async def add(text: str, session: SessionDep) -> dict:
+        session.add(Note(text=text))
+        await session.commit()  # code under test may commit: a savepoint is released
+        return {"ok": True}
+
+    @app.get("/notes")
+    async def notes(session: SessionDep) -> list[str]:
+        return list(await session.scalars(select(Note.text)))
+
+    @app.post("/sync/notes", status_code=201)
+    def add_sync(text: str, session: SyncSessionDep) -> dict:
+        session.add(Note(text=text))
+        session.commit()
+        return {"ok": True}
+
+    @app.get("/sync/notes")
+    def notes_sync(session: SyncSessionDep) -> list[str]:
+        return list(session.scalars(select(Note.text)))
+
+    @app.get("/leak")
+    async def leak() -> dict:
+        from fastapi_dbpool._app import database_of
+        app.state.leaked = await database_of(app).engine.connect()
+        return {}
+
+    return app
+
+
+@pytest.fixture
+async def close_leak(dbpool_app):
+    # Torn down after dbpool_client: close what /leak left checked out, quietly.
+    yield
+    leaked = getattr(dbpool_app.state, "leaked", None)
+    if leaked is not None:
+        await leaked.invalidate()
+        await leaked.close()
+"""
+
+TESTS = """
+async def test_1_async_commit(dbpool_client):
+    assert (await dbpool_client.post("/notes", params={"text": "a"})).status_code == 201
+    assert (await dbpool_client.get("/notes")).json() == ["a"]
+
+
+async def test_2_rolled_back(dbpool_client):
+    assert (await dbpool_client.get("/notes")).json() == []
+
+
+async def test_3_sync_commit(dbpool_client):
+    assert (await dbpool_client.post("/sync/notes", params={"text": "s"})).status_code == 201
+    assert (await dbpool_client.get("/sync/notes")).json() == ["s"]
+
+
+async def test_4_rolled_back(dbpool_client, dbpool_database):
+    assert (await dbpool_client.get("/sync/notes")).json() == []
+    assert dbpool_database.started
+
+
+async def test_5_leak_is_reported(close_leak, dbpool_client):
+    await dbpool_client.get("/leak")
+"""
+
+
+def _run(pytester: pytest.Pytester, *env: tuple[str, str]) -> pytest.RunResult:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_app=TESTS)
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    for name, value in env:
+        pytester._monkeypatch.setenv(name, value)
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", timeout=240)
+
+
+def _check(result: pytest.RunResult) -> None:
+    result.assert_outcomes(passed=5, errors=1)  # test 5 passes, then fails its teardown
+    result.stdout.fnmatch_lines(["*test_5_leak_is_reported*", "*connection(s) still checked out*"])
+
+
+def test_plugin_on_sqlite(pytester: pytest.Pytester) -> None:
+    _check(_run(pytester))
+
+
+@pytest.mark.postgres_only
+def test_plugin_on_postgres(pytester: pytest.Pytester) -> None:
+    require_postgres()
+    _check(_run(pytester, ("DBPOOL_TEST_URL", ADMIN_URL)))
