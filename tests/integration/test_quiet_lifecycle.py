@@ -37,9 +37,10 @@ async def test_database_takes_its_url_directly(database_url: str) -> None:
     async with Database(url=database_url) as database:
         async with database.session(read_only=True) as session:
             assert await session.scalar(text("SELECT 1")) == 1
-        assert database.settings.sqlalchemy_url.database == make_settings(
-            database_url
-        ).sqlalchemy_url.database
+        assert (
+            database.settings.sqlalchemy_url.database
+            == make_settings(database_url).sqlalchemy_url.database
+        )
 
 
 def test_settings_and_url_together_are_refused(database_url: str) -> None:
