@@ -170,7 +170,10 @@ async def delete_item(item_id: ItemId, db: ConnectionDep) -> None:
     "/{item_id}/process",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ProcessAccepted,
-    responses={404: {"description": "No such item"}, 409: {"description": "Already done"}},
+    responses={
+        404: {**error_responses(404)[404], "description": "No such item"},
+        409: {**error_responses(409)[409], "description": "Already done"},
+    },
 )
 async def process(item_id: ItemId, db: ConnectionDep, workers: WorkersDep) -> ProcessAccepted:
     """Queue the item for processing; the 202 is sent after ``queued`` is committed.
