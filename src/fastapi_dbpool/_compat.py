@@ -210,3 +210,16 @@ def mapped_metadata() -> list[Any]:
     for registry in mapperlib._all_registries():
         found.extend(getattr(mapper.local_table, "metadata", None) for mapper in registry.mappers)
     return found
+
+
+def driver_exception(error: BaseException) -> BaseException:
+    """The driver's own exception behind SQLAlchemy's adapted DBAPI error (asyncpg's).
+
+    2.1 keeps it as ``.orig`` on the adapted error; 2.0 only chains it (``__cause__``).
+    Checked on 2.0.58 and 2.1.9.
+    """
+    inner = getattr(error, "orig", None)
+    if isinstance(inner, BaseException):
+        return inner
+    cause = error.__cause__
+    return cause if cause is not None else error

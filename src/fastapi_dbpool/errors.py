@@ -33,6 +33,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm.exc import StaleDataError
 
+from ._compat import driver_exception
+
 __all__ = [
     "Conflict",
     "ConnectFailed",
@@ -352,7 +354,7 @@ def conflict_of(error: BaseException) -> Conflict | None:
         if not sqlstate.startswith("23"):
             return None
         diag = getattr(orig, "diag", None)  # psycopg
-        source = diag if diag is not None else getattr(orig, "orig", orig)  # asyncpg
+        source = diag if diag is not None else driver_exception(orig) if orig else None
         column = getattr(source, "column_name", None)
         return Conflict(
             code=failure.code if failure is not None else INTEGRITY.code,

@@ -27,6 +27,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -256,6 +257,11 @@ def retry_transaction(
                 return result
 
         setattr(run, MARKER, policy)
+        # FastAPI reads the handler's parameters from the wrapper. Older releases (0.121)
+        # resolve string annotations (`from __future__ import annotations`) in the
+        # wrapper's module, not the handler's: give it the handler's resolved signature.
+        with suppress(NameError):
+            run.__signature__ = inspect.signature(handler, eval_str=True)  # type: ignore[attr-defined]
         return run
 
     return mark
