@@ -21,6 +21,7 @@ from tests.backends import libpq_url
 from tests.conftest import make_settings
 from tests.itemwork import item_app, item_rows, new_items, running, wait_until_done
 from tests.polling import eventually
+from users_api import item_queue
 from users_api.models import Item, utcnow
 
 RESULT = {"words": 3, "characters": 13}  # of "one two three"
@@ -361,3 +362,53 @@ async def test_the_sweep_takes_work_queued_through_another_instance(database_url
         assert sample(front, "users_api_item_claims_total") == 0
         assert sample(back, "users_api_item_claims_total") == 3
     assert_done_once(database_url, ids)
+
+
+# -- a worker whose lease ran out applies nothing -----------------------------------------
+
+
+async def test_a_worker_whose_lease_ran_out_writes_nothing(database_url: str) -> None:
+    """The token and lease checks of finish, fail and release, against a stale worker.
+
+    Worker A's lease runs out and worker B takes the item over: whatever A writes
+    afterwards matches nothing, and B's result is applied exactly once.
+    """
+    app = item_app(make_settings(database_url, pool_size=5), workers=0)
+    async with running(app) as client:
+        database = database_of(app)
+        (item_id,) = await new_items(client, 1)
+        await process_all(client, [item_id])  # queued; no worker runs in this app
+        first = await item_queue.claim_next(database, lease_s=60, max_attempts=5)
+        assert isinstance(first, item_queue.Lease) and first.item_id == item_id
+
+        # A's lease runs out while A still runs: nobody else holds it yet, but a
+        # result written now could race a takeover, so finishing is refused too.
+        await set_rows(database_url, [item_id], lease_until=utcnow() - timedelta(seconds=1))
+        assert await item_queue.finish(database, first, RESULT) is None
+        row = item_rows(database_url, [item_id])[item_id]
+        assert (row["status"], row["applications"], row["lease_token"]) == (
+            "processing",
+            0,
+            first.token,
+        )
+
+        second = await item_queue.claim_next(database, lease_s=60, max_attempts=5)
+        assert isinstance(second, item_queue.Lease) and second.item_id == item_id
+        assert second.took_over and second.token != first.token
+
+        # Every write of the stale worker matches nothing and changes nothing.
+        assert await item_queue.finish(database, first, {"words": 0, "characters": 0}) is None
+        assert await item_queue.fail(database, first, "stale worker") is False
+        assert await item_queue.release(database, first, refund=True) is False
+        row = item_rows(database_url, [item_id])[item_id]
+        assert (row["status"], row["lease_token"], row["attempts"], row["applications"]) == (
+            "processing",
+            second.token,
+            2,
+            0,
+        )
+
+        assert await item_queue.finish(database, second, RESULT) is not None
+        # Applied once: a repeat of the same finish finds the lease gone.
+        assert await item_queue.finish(database, second, RESULT) is None
+    assert_done_once(database_url, [item_id])

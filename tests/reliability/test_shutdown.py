@@ -66,13 +66,33 @@ def write_lock(database_url: str, user_id: int) -> Iterator[psycopg.Connection |
         pg.rollback()
 
 
-def checked_out(server: UvicornServer) -> int:
-    """Connections the app's pool has out now (its ``/metrics``)."""
+def metric(server: UvicornServer, name: str) -> int:
+    """The primary pool's gauge *name* now (the app's ``/metrics``)."""
     text = httpx.get(server.url + "/metrics", timeout=5).text
     for line in text.splitlines():
-        if line.startswith('dbpool_checked_out{pool="primary"}'):
+        if line.startswith(f'{name}{{pool="primary"}}'):
             return int(float(line.split()[-1]))
-    raise AssertionError(f"dbpool_checked_out not in /metrics:\n{text[:2000]}")
+    raise AssertionError(f"{name} not in /metrics:\n{text[:2000]}")
+
+
+def writes_blocked(server: UvicornServer, database_url: str) -> int:
+    """How many of the app's writes are stuck behind the test's lock now.
+
+    Counted where only blocked writes show, never the read load: PostgreSQL's sessions
+    of the app waiting for a lock; on SQLite the writer that holds the process's write
+    gate (it waits in SQLite's busy handler, with a connection) plus those queued for the
+    gate (``dbpool_write_gate_waiting``).
+    """
+    if make_url(database_url).get_backend_name() == "sqlite":
+        queued = metric(server, "dbpool_write_gate_waiting")
+        return queued + 1 if queued else 0
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        (count,) = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            " AND application_name = 'fastapi_dbpool:primary' AND wait_event_type = 'Lock'",
+            (make_url(database_url).database,),
+        ).fetchone() or (0,)
+    return int(count)
 
 
 async def blocked_writes(
@@ -124,10 +144,14 @@ async def sigterm_with_blocked_requests(
             lock.enter_context(write_lock(database_url, user_id))
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
                 writes = asyncio.create_task(blocked_writes(client, user_id))
-                deadline = time.monotonic() + 15
-                while await asyncio.to_thread(checked_out, server) < BLOCKED:
-                    assert time.monotonic() < deadline, "the writes never blocked"
+                # Polled with a deadline: the count can only reach BLOCKED once every
+                # write waits on the lock, and stays there until the lock is released.
+                deadline = time.monotonic() + 30
+                blocked = 0
+                while blocked < BLOCKED:
+                    assert time.monotonic() < deadline, f"only {blocked} writes blocked"
                     await asyncio.sleep(0.05)
+                    blocked = await asyncio.to_thread(writes_blocked, server, database_url)
                 await load.until(requests=len(load.ledger.entries) + 20, timeout=10)
                 signalled = time.monotonic()
                 server.process.send_signal(signal.SIGTERM)

@@ -29,6 +29,7 @@ SNAPSHOT = PoolSnapshot(
     retries_total=4,
     wait_seconds_total=4.5,
     wait_seconds_max=1.5,
+    writers_waiting=6,
 )
 
 
@@ -68,6 +69,7 @@ def test_collector_reports_every_pool_metric_at_scrape_time() -> None:
     assert samples[("dbpool_checked_out", "replica")] == 0
     assert samples[("dbpool_overflow", "primary")] == 2
     assert samples[("dbpool_waiting", "primary")] == 3
+    assert samples[("dbpool_write_gate_waiting", "primary")] == 6
     assert samples[("dbpool_checkouts_total", "primary")] == 1000
     assert samples[("dbpool_timeouts_total", "primary")] == 7
     assert samples[("dbpool_connects_total", "primary")] == 12

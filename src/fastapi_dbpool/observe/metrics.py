@@ -59,6 +59,11 @@ POOL_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("dbpool_overflow", "overflow", "Overflow connections open now, beyond dbpool_size."),
     ("dbpool_idle", "idle", "Open connections waiting in the pool now."),
     ("dbpool_waiting", "waiting", "Callers waiting for a free connection now."),
+    (
+        "dbpool_write_gate_waiting",
+        "writers_waiting",
+        "SQLite: writing units of work queued for the write gate now (0 on PostgreSQL).",
+    ),
 )
 POOL_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("dbpool_checkouts_total", "checkouts_total", "Connections handed out by the pool."),

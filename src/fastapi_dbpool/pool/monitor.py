@@ -48,6 +48,8 @@ class PoolSnapshot:
         retries_total: Units of work run again after a serialization failure or deadlock.
         wait_seconds_total: Time spent waiting, summed over callers.
         wait_seconds_max: Longest single wait.
+        writers_waiting: SQLite: writing units of work queued for the process's write
+            gate now, holding no connection (0 on PostgreSQL and for other pools).
     """
 
     name: str
@@ -65,6 +67,7 @@ class PoolSnapshot:
     retries_total: int
     wait_seconds_total: float
     wait_seconds_max: float
+    writers_waiting: int = 0
 
     @property
     def capacity(self) -> int:
@@ -75,6 +78,10 @@ class PoolSnapshot:
     def saturated(self) -> bool:
         """True when every connection is in use, so a new caller would wait."""
         return self.checked_out >= self.capacity
+
+
+def _none_waiting() -> int:
+    return 0
 
 
 class PoolMonitor:
@@ -97,6 +104,8 @@ class PoolMonitor:
         self.in_use = 0  # checkouts not yet checked in, counted from the events
         self.wait_seconds_total = 0.0
         self.wait_seconds_max = 0.0
+        # SQLite's write gate reports its queue here (set by the Database that owns it).
+        self.count_writers_waiting: Callable[[], int] = _none_waiting
         self._pool: Pool | None = None
         self._wait_observers: list[DurationObserver] = []
         self._hold_observers: list[DurationObserver] = []
@@ -164,6 +173,7 @@ class PoolMonitor:
             retries_total=self.retries_total,
             wait_seconds_total=self.wait_seconds_total,
             wait_seconds_max=self.wait_seconds_max,
+            writers_waiting=self.count_writers_waiting(),
         )
 
     # -- pool event listeners -----------------------------------------------------------
