@@ -15,6 +15,11 @@ optionally, ``dbpool_metadata`` (the tables to create) in your ``conftest.py``:
   left checked out (the test fails otherwise).
 * ``dbpool_database``: the app's :class:`~fastapi_dbpool.Database`, joined as above.
 
+``dbpool_client`` (and ``dbpool_database``, which starts the app through it) needs
+pytest-asyncio and httpx, which are not dependencies of the library: install
+``fastapi-dbpool[pytest]``. Without them the plugin still loads (it imports them only
+when a test asks for those fixtures), and such a test fails with a message saying so.
+
 Limits: direct connections (``ConnectionDep``) do not join the test transaction; async
 and sync sessions hold one transaction each, so within one test a sync session does not
 see what an async one wrote (and on SQLite only one of them may write).
@@ -24,12 +29,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import httpx
 import pytest
-from pytest_asyncio import fixture as async_fixture
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
 
@@ -39,9 +42,38 @@ from .settings import DatabaseSettings
 from .sqlite.gate import READ_ONLY_OPTION
 from .testing import assert_pool_idle
 
+if TYPE_CHECKING:
+    import httpx
+
 __all__ = ["pytest_addoption"]
 
 URL_ENV = "DBPOOL_TEST_URL"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_EXTRA = (
+    "the {fixture} fixture needs {package}, which fastapi-dbpool does not install: "
+    "pip install 'fastapi-dbpool[pytest]' (pytest-asyncio and httpx)"
+)
+
+
+def _asyncio_fixture(func: F) -> F:
+    """Make *func* a pytest-asyncio fixture, or, without pytest-asyncio, one that says so.
+
+    pytest-asyncio is imported here rather than at the top of the module: an app that
+    installed the library without it must still be able to run its tests (the plugin is
+    loaded into every pytest run of an environment where the library is installed).
+    """
+    try:
+        from pytest_asyncio import fixture
+    except ImportError:
+
+        def missing() -> NoReturn:
+            raise pytest.UsageError(_EXTRA.format(fixture=func.__name__, package="pytest-asyncio"))
+
+        missing.__doc__ = func.__doc__
+        return pytest.fixture(name=func.__name__)(missing)  # type: ignore[return-value]
+    return fixture(func)  # type: ignore[return-value]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -92,9 +124,13 @@ def dbpool_app() -> Any:
     )
 
 
-@async_fixture
+@_asyncio_fixture
 async def dbpool_client(dbpool_app: Any) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on the started app, each test in a transaction rolled back after it."""
+    try:
+        import httpx
+    except ImportError:
+        raise pytest.UsageError(_EXTRA.format(fixture="dbpool_client", package="httpx")) from None
     async with dbpool_app.router.lifespan_context(dbpool_app):
         database = database_of(dbpool_app)
         async with _joined(database):

@@ -130,3 +130,34 @@ def test_plugin_on_sqlite(pytester: pytest.Pytester) -> None:
 def test_plugin_on_postgres(pytester: pytest.Pytester) -> None:
     require_postgres()
     _check(_run(pytester, ("DBPOOL_TEST_URL", ADMIN_URL)))
+
+
+# Imported before the entry-point plugins (-p comes first): makes `import httpx` and
+# `import pytest_asyncio` fail, as in a project that installed fastapi-dbpool alone.
+BLOCKER = """
+import sys
+
+for name in ("httpx", "pytest_asyncio"):
+    sys.modules[name] = None
+"""
+
+WITHOUT_EXTRA = """
+def test_unrelated():
+    assert 1 + 1 == 2
+
+
+def test_asks_for_the_client(dbpool_client):
+    pass
+"""
+
+
+def test_plugin_loads_without_pytest_asyncio_and_httpx(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(blocker=BLOCKER, test_other=WITHOUT_EXTRA)
+    result = pytester.runpytest_subprocess(
+        "-p", "blocker", "-p", "no:asyncio", "-p", "no:cacheprovider", "-q", timeout=120
+    )
+    # The plugin loaded (no "ImportError while loading plugin"), the unrelated test
+    # passed, and only the test that asks for the client fails, saying what to install.
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*dbpool_client fixture needs pytest-asyncio*pip install 'fastapi-dbpool[[]pytest[]]'*"])
+    result.stdout.no_fnmatch_line("*ImportError while loading*")
