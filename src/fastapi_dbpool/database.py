@@ -131,6 +131,8 @@ class Database:
         # True when the sync engine was created outside the app (database.sync before
         # the lifespan, or `with database:`): it then outlives the app's stop.
         self._sync_outlives_app = False
+        # Per `with database:` block (they may nest): did the sync engine exist before it?
+        self._sync_kept: list[bool] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._statements: StatementCache | None = None
         # A read replica is a Database of its own (its own pool, monitor and metrics
@@ -319,20 +321,38 @@ class Database:
         ``database.sync.session()``) on the same settings as the app, opens no async
         pool, and closes the sync pool when the block ends. Inside a running app use
         the lifespan (:meth:`install`) instead.
+
+        A sync engine that existed before the block (``engine = database.sync.engine``
+        at import time) is the one the block uses, and it survives the block: its pooled
+        connections are closed at the end, the engine object stays, so whoever holds it
+        keeps using the database's one sync engine.
+
+        Raises:
+            DBPoolError: the database is already started (inside the app's lifespan or
+                ``async with database:``).
         """
         if self._engine is not None:
             raise DBPoolError(
                 f"database {self.name!r} is already started; `with database:` is for sync "
                 "code outside the app (scripts, CLI commands, test fixtures)"
             )
+        self._sync_kept.append(self._sync is not None)
         self.sync  # noqa: B018 - created now, without an event loop
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        sync, self._sync = self._sync, None
+        kept = self._sync_kept.pop() if self._sync_kept else False
+        sync = self._sync
+        if sync is None:
+            return
+        if kept:
+            # Someone may hold sync.engine: return its connections, keep the engine
+            # (and its leak watch), as stop() does for an engine that outlives the app.
+            sync.engine.dispose()
+            return
+        self._sync = None
         self._sync_outlives_app = False
-        if sync is not None:
-            sync.close()
+        sync.close()
 
     def install(self, app: Any) -> None:
         """Attach to a FastAPI/Starlette *app*: lifespan, app state and error responses.
@@ -585,7 +605,7 @@ class Database:
             "max_overflow": settings.max_overflow,
             "pool_timeout": settings.pool_timeout,
             "pool_recycle": settings.pool_recycle,
-            # Replaced by install_idle_ping (see _ping.py); a SQLite file cannot drop a
+            # Replaced by install_idle_ping (see pool/ping.py); a SQLite file cannot drop a
             # connection, so there is nothing to ping there.
             "pool_pre_ping": False,
             "echo": settings.echo,

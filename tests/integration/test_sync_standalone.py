@@ -36,6 +36,23 @@ def test_sync_engine_and_sessions_without_an_event_loop(database_url: str) -> No
     assert database.sync.engine is not engine  # closed with the block; a new one now
 
 
+def test_engine_held_before_the_block_survives_it(database_url: str) -> None:
+    """An app's module-level ``engine = database.sync.engine``, then a script's block."""
+    database = Database(url=database_url)
+    engine = database.sync.engine
+    with database:
+        assert database.sync.engine is engine
+        with engine.connect() as connection:
+            pooled = connection.connection.dbapi_connection
+            assert connection.execute(text("SELECT 1")).scalar() == 1
+    assert database.sync.engine is engine  # still the one sync engine of the process
+    with pytest.raises(Exception, match="closed"):
+        pooled.cursor()  # the block's end closed the pooled connections
+    with engine.connect() as connection:  # and the engine goes on working
+        assert connection.execute(text("SELECT 1")).scalar() == 1
+    database.sync.close()
+
+
 def test_session_rolls_back_when_the_block_raises(database_url: str) -> None:
     with Database(url=database_url) as database:
         with pytest.raises(RuntimeError), database.sync.session() as session:
