@@ -28,10 +28,8 @@ from contextlib import asynccontextmanager, suppress
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
-from sqlalchemy import exc as sa_exc
-
 from fastapi_dbpool import Database
-from fastapi_dbpool.errors import DatabaseUnavailable
+from fastapi_dbpool.errors import classify
 
 from . import item_queue
 from .item_metrics import ItemMetrics
@@ -45,11 +43,9 @@ logger = logging.getLogger("users_api.worker")
 
 T = TypeVar("T")
 
-# SQLSTATE classes and codes that say "try again": connection exceptions (08),
-# insufficient resources (53), operator intervention such as a shutdown (57P),
-# serialization failure and deadlock (40001, 40P01).
-_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57P")
-_TRANSIENT_SQLSTATES = ("40001", "40P01")
+# Sweeps a busy pool may put off in a row: the next one then waits its turn for a
+# connection, so that work nobody announced is found within this many ITEM_SWEEP_S.
+SWEEPS_SKIPPED_MAX = 5
 
 # Backoff between retries: 50 ms doubling to 1 s, with jitter so that the workers of
 # many instances do not come back at the same instant.
@@ -58,18 +54,19 @@ BACKOFF_MAX_S = 1.0
 
 
 def is_transient(error: BaseException) -> bool:
-    """True when *error* says the database cannot serve now but may soon."""
-    if isinstance(error, DatabaseUnavailable | sa_exc.TimeoutError | OSError | TimeoutError):
-        return True  # PoolTimeout, ConnectFailed, StatementTimeout; sockets
-    if isinstance(error, sa_exc.DBAPIError):
-        sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
-        return (
-            error.connection_invalidated
-            or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
-            or sqlstate in _TRANSIENT_SQLSTATES
-            or sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES)
-        )
-    return False
+    """True when *error* says the database cannot serve now but may soon.
+
+    The library's taxonomy decides (:func:`fastapi_dbpool.errors.classify`): every
+    failure it answers 503 (pool timeout, connection lost, server down or starting,
+    serialization failure, deadlock, lock not available, statement timeout) is worth
+    a retry; a conflict, an invalid value or a bug is not. A socket error that reached
+    us untranslated (``OSError``, which includes ``TimeoutError``) counts as a lost
+    connection.
+    """
+    if isinstance(error, OSError):
+        return True
+    failure = classify(error)
+    return failure is not None and failure.status == 503
 
 
 def has_free_connection(database: Database) -> bool:
@@ -181,12 +178,21 @@ class ItemWorkers:
 
         A sweep is background work that nobody waits for: while requests queue for
         the pool, it waits another ITEM_SWEEP_S rather than take a connection from
-        them. A wake-up (a 202 just queued an item) claims at once.
+        them, but never more than SWEEPS_SKIPPED_MAX times in a row. Under sustained
+        pressure the pool may never look free, and expired leases and items queued
+        through another instance would then wait forever; the forced sweep queues for
+        a connection like any request does. A wake-up (a 202 just queued an item)
+        claims at once.
         """
         # No clear() here: a wake-up that came during the claim must not be lost.
+        skipped = 0
         while not self._stopping:
             await self._idle(self.settings.sweep_s)
             if self._wake.is_set() or has_free_connection(self.database):
+                return
+            skipped += 1
+            if skipped >= SWEEPS_SKIPPED_MAX:
+                logger.debug("item sweep: the pool stayed busy; sweeping anyway")
                 return
 
     async def _idle(self, seconds: float) -> None:

@@ -90,6 +90,11 @@ class _Orig(Exception):
         (sa_exc.DBAPIError("x", {}, _Orig("40001")), True),  # serialization failure
         (sa_exc.DBAPIError("x", {}, _Orig("40P01")), True),  # deadlock
         (sa_exc.DBAPIError("x", {}, _Orig("57P01")), True),  # admin shutdown
+        # The library's taxonomy decides: lock_not_available is answered 503 there.
+        (sa_exc.DBAPIError("x", {}, _Orig("55P03")), True),
+        # An OperationalError is not transient because of its class: a division by
+        # zero (22012, invalid value, answered 422) would fail again.
+        (sa_exc.OperationalError("x", {}, _Orig("22012")), False),
         (sa_exc.IntegrityError("x", {}, _Orig("23505")), False),
         (ValueError("bug"), False),
     ],
