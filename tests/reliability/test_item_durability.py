@@ -364,6 +364,39 @@ async def test_the_sweep_takes_work_queued_through_another_instance(database_url
     assert_done_once(database_url, ids)
 
 
+async def _keep_busy(database: Database, stop: asyncio.Event, hold_s: float) -> None:
+    # Read-only: on SQLite a writing connection would also take the write gate.
+    while not stop.is_set():
+        async with database.connection(read_only=True) as db:
+            await db.scalar(select(1))
+            await asyncio.sleep(hold_s)
+
+
+async def test_a_busy_pool_delays_the_sweep_but_never_skips_it(database_url: str) -> None:
+    """Under sustained pressure the sweep still runs, within SWEEPS_SKIPPED_MAX sweeps."""
+    settings = make_settings(database_url, pool_size=2, max_overflow=0, pool_timeout=10)
+    app = item_app(settings, sweep_s=0.2)
+    async with running(app) as client:
+        database = database_of(app)
+        ids = await new_items(client, 2)
+        # Four readers on a pool of two: two hold a connection, two wait, at every
+        # moment (one that gives its connection back queues again at once).
+        stop = asyncio.Event()
+        busy = [asyncio.create_task(_keep_busy(database, stop, 0.3)) for _ in range(4)]
+        try:
+            await eventually(lambda: database.pool_snapshot().waiting >= 2, what="a full pool")
+            # Queued from outside, as through another instance: nothing wakes the workers.
+            await set_rows(database_url, ids, status="queued", queued_at=utcnow())
+            # SWEEPS_SKIPPED_MAX x 0.2 s, then the wait for a connection behind the readers.
+            seconds = await wait_until_done(database_url, ids, timeout=8)
+            assert database.pool_snapshot().waiting >= 1, "the pool must have stayed busy"
+        finally:
+            stop.set()
+            await asyncio.gather(*busy)
+    print(f"\nitems queued elsewhere, pool kept busy: done after {seconds:.2f} s")
+    assert_done_once(database_url, ids)
+
+
 # -- a worker whose lease ran out applies nothing -----------------------------------------
 
 
