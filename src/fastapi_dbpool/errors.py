@@ -25,6 +25,7 @@ re-runs the unit; docs/errors.md shows it with examples.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -275,11 +276,28 @@ def classify(error: BaseException) -> Failure | None:
         return _SQLITE_FAILURES.get(conflict.code, INTEGRITY) if conflict else INTEGRITY
     if isinstance(error, sa_exc.DataError):
         return INVALID_VALUE
-    if error.connection_invalidated or isinstance(
-        error, sa_exc.OperationalError | sa_exc.InterfaceError
-    ):
+    if error.connection_invalidated:  # the dialect recognised a disconnect
         return CONNECTION_LOST
+    if isinstance(orig, sqlite3.Error):
+        # SQLite gives every failure a result code, and one the table above does not
+        # list is no lost connection: SQLITE_ERROR (1) is a missing table, an unknown
+        # column or a syntax error, i.e. a bug (500), as on PostgreSQL. Only the
+        # driver's own "connection closed" errors come without a code.
+        return CONNECTION_LOST if _sqlite_connection_gone(orig) else None
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return CONNECTION_LOST  # PostgreSQL without a SQLSTATE: the socket went away
     return None
+
+
+# What sqlite3 and aiosqlite say, without a result code, when the connection is gone.
+_SQLITE_GONE = ("no active connection", "connection closed", "closed database")
+
+
+def _sqlite_connection_gone(orig: sqlite3.Error) -> bool:
+    if getattr(orig, "sqlite_errorcode", None) is not None:
+        return False
+    message = str(orig).lower()
+    return any(marker in message for marker in _SQLITE_GONE)
 
 
 _SQLITE_FAILURES = {

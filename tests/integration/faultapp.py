@@ -24,8 +24,10 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from sqlalchemy import (
+    ForeignKey,
     Integer,
     String,
+    UniqueConstraint,
     bindparam,
     create_engine,
     func,
@@ -56,6 +58,31 @@ class Row(Base):
     n: Mapped[int] = mapped_column(Integer, default=0)
     fault: Mapped[str | None] = mapped_column(String(5))
 
+
+class Parent(Base):
+    """Named constraints, so that the 409's detail can name them."""
+
+    __tablename__ = "dbpool_parent"
+    __table_args__ = (UniqueConstraint("name", name="uq_dbpool_parent_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(20))
+
+
+class Child(Base):
+    __tablename__ = "dbpool_child"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    parent_id: Mapped[int] = mapped_column(
+        ForeignKey("dbpool_parent.id", name="fk_dbpool_child_parent")
+    )
+    label: Mapped[str] = mapped_column(String(20))  # NOT NULL
+
+
+# One statement for each kind of integrity error; dbpool_parent holds (1, 'p-one').
+CONFLICTS = {
+    "unique": text("INSERT INTO dbpool_parent (id, name) VALUES (2, 'p-one')"),
+    "foreign_key": text("INSERT INTO dbpool_child (parent_id, label) VALUES (999, 'x')"),
+    "not_null": text("INSERT INTO dbpool_child (parent_id, label) VALUES (1, NULL)"),
+}
 
 # PostgreSQL: at COMMIT, raise the SQLSTATE the row's fault column names.
 _PG_TRIGGER = [
@@ -97,6 +124,7 @@ def create_tables(settings: DatabaseSettings) -> None:
             for ddl in _PG_TRIGGER if engine.dialect.name == "postgresql" else _SQLITE_TRIGGER:
                 conn.exec_driver_sql(ddl)
             conn.execute(insert(Row), [{"n": 0}, {"n": 0}])  # ids 1 and 2
+            conn.execute(insert(Parent).values(id=1, name="p-one"))
     finally:
         engine.dispose()
 
@@ -199,6 +227,26 @@ def build_app(settings: DatabaseSettings, meeting: Rendezvous) -> FastAPI:
         row.n += 1
         await session.flush()  # UPDATE ... matched 0 rows: StaleDataError
         return {"n": row.n}
+
+    @app.post("/conflict/session/{kind}")
+    async def conflict_session(kind: str, session: SessionDep) -> dict[str, Any]:
+        await session.execute(CONFLICTS[kind])
+        return {"ok": True}
+
+    @app.post("/conflict/direct/{kind}")
+    async def conflict_direct(kind: str, db: ConnectionDep) -> dict[str, Any]:
+        await db.all(CONFLICTS[kind])
+        return {"ok": True}
+
+    @app.post("/conflict/sync/{kind}")
+    def conflict_sync(kind: str, session: SyncSessionDep) -> dict[str, Any]:
+        session.execute(CONFLICTS[kind])
+        return {"ok": True}
+
+    @app.post("/bad-sql")
+    async def bad_sql(session: SessionDep) -> dict[str, Any]:
+        await session.execute(text("SELECT * FROM dbpool_no_such_table"))  # a bug: 500
+        return {"ok": True}
 
     # The same races, in handlers marked safe to re-run.
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from fastapi_dbpool import DatabaseSettings
 from fastapi_dbpool.errors import classify, is_retryable
@@ -198,3 +200,125 @@ async def test_background_work_sees_the_same_classes(
         failure = classify(raised.value)
         assert failure is not None and failure.code == "unique_violation"
         assert not is_retryable(raised.value)
+
+
+# -- integrity errors: the 409 names what conflicted --------------------------------------
+
+CONFLICT_PATHS = ["session", "direct", "sync"]
+# (kind, code, what PostgreSQL names, what SQLite names). SQLite reports a unique or
+# not-null violation by its columns and a foreign key violation by nothing at all.
+CONFLICT_CASES = [
+    ("unique", "unique_violation", "uq_dbpool_parent_name", "dbpool_parent.name"),
+    ("foreign_key", "foreign_key_violation", "fk_dbpool_child_parent", None),
+    ("not_null", "not_null_violation", "dbpool_child.label", "dbpool_child.label"),
+]
+
+
+@pytest.mark.parametrize("path", CONFLICT_PATHS)
+@pytest.mark.parametrize(("kind", "code", "pg_target", "sqlite_target"), CONFLICT_CASES)
+async def test_integrity_error_409_names_the_constraint(
+    client: httpx.AsyncClient,
+    backend: str,
+    path: str,
+    kind: str,
+    code: str,
+    pg_target: str,
+    sqlite_target: str | None,
+) -> None:
+    response = await client.post(f"/conflict/{path}/{kind}")
+    assert_answer(response, 409, code, "conflict")
+    detail = response.json()["detail"]
+    target = pg_target if backend == "postgres" else sqlite_target
+    if target is None:  # SQLite's "FOREIGN KEY constraint failed" names nothing
+        assert detail.endswith(")."), detail
+        assert "dbpool" not in detail, detail
+    else:
+        assert detail.endswith(f": {target}."), detail
+    assert "p-one" not in detail and "999" not in detail  # names, never values
+
+
+# -- a bug is a bug on both databases -----------------------------------------------------
+
+BAD_SQL = [
+    "SELECT * FROM dbpool_no_such_table",
+    "SELECT no_such_column FROM dbpool_fault",
+    "SELEC 1",
+]
+
+
+@pytest.mark.parametrize("statement", BAD_SQL)
+async def test_bad_sql_is_a_bug_not_a_lost_connection(
+    fault_settings: DatabaseSettings, meeting: Rendezvous, backend: str, statement: str
+) -> None:
+    # SQLite answers these with SQLITE_ERROR (1): a bug, as PostgreSQL's 42P01/42703/42601.
+    app = build_app(fault_settings, meeting)
+    database = app.state.fastapi_dbpool
+    async with database:
+        with pytest.raises(DBAPIError) as raised:
+            async with database.session() as session:
+                await session.execute(text(statement))
+    assert classify(raised.value) is None, raised.value
+
+
+async def test_bad_sql_in_a_request_is_a_500(client: httpx.AsyncClient, backend: str) -> None:
+    response = await client.post("/bad-sql")
+    assert response.status_code == 500, response.text
+    assert (await client.post("/write")).status_code == 200
+
+
+def _sqlite_error(path: Path, *statements: str, timeout: float = 5.0) -> DBAPIError:
+    """The error SQLAlchemy raises for the last of *statements* on the file *path*."""
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": timeout})
+    try:
+        with engine.connect() as conn:
+            for statement in statements[:-1]:
+                conn.exec_driver_sql(statement)
+            with pytest.raises(DBAPIError) as raised:
+                conn.exec_driver_sql(statements[-1])
+            return raised.value
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_busy_is_still_transient(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("CREATE TABLE t (x)")
+        holder.execute("BEGIN IMMEDIATE")
+        error = _sqlite_error(path, "INSERT INTO t VALUES (1)", timeout=0.05)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    failure = classify(error)
+    assert failure is not None and failure.code == "sqlite_busy" and failure.status == 503
+
+
+def test_sqlite_full_is_still_insufficient_resources(tmp_path: Path) -> None:
+    # max_page_count caps the file: the next page it needs is SQLITE_FULL (13).
+    error = _sqlite_error(
+        tmp_path / "full.db",
+        "CREATE TABLE t (x)",
+        "PRAGMA max_page_count = 3",
+        "INSERT INTO t VALUES (zeroblob(100000))",
+    )
+    assert error.orig.sqlite_errorcode == sqlite3.SQLITE_FULL
+    failure = classify(error)
+    assert failure is not None and failure.code == "insufficient_resources"
+    assert failure.status == 503
+
+
+def test_sqlite_closed_connection_is_connection_lost(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'closed.db'}")
+    try:
+        with engine.connect() as conn:
+            conn.connection.dbapi_connection.close()  # type: ignore[union-attr]
+            with pytest.raises(DBAPIError) as raised:
+                conn.exec_driver_sql("SELECT 1")
+    finally:
+        engine.dispose()
+    failure = classify(raised.value)
+    assert failure is not None and failure.code == "connection_lost"
+    # aiosqlite's own "no active connection" has no result code: lost as well.
+    gone = OperationalError("SELECT 1", {}, sqlite3.OperationalError("no active connection"))
+    assert classify(gone) is not None and classify(gone).code == "connection_lost"
