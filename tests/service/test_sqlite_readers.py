@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from fastapi_dbpool import Database, DatabaseSettings
 from tests.conftest import _lifespan_client, make_settings
+from tests.polling import eventually
 
 LOCK_SECONDS = 2.5
 WRITERS = 6
@@ -86,9 +87,12 @@ async def test_reads_answer_at_normal_latency_while_writers_wait_for_a_lock(
             asyncio.create_task(client.post("/items", json={"title": "t", "owner_id": user["id"]}))
             for _ in range(WRITERS // 2)
         ]
-        await asyncio.sleep(
-            0.2
-        )  # let the writers queue: one in SQLite's busy wait, the rest at the gate
+        # Let the writers queue: one in SQLite's busy wait, the rest at the write gate.
+        gate = database.write_gate
+        assert gate is not None
+        await eventually(
+            lambda: gate.waiting == WRITERS - 1, timeout=5, what=f"{WRITERS - 1} writers queued"
+        )
         assert not any(writer.done() for writer in writers)
         during = await _read_latencies(client, user["id"], locked_at + LOCK_SECONDS - 0.3)
         responses = await asyncio.gather(*writers)
