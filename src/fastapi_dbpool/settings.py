@@ -12,6 +12,7 @@ show it with the password replaced by ``***``.
 from __future__ import annotations
 
 import inspect
+import math
 from functools import cache
 from typing import Any, Literal
 
@@ -77,6 +78,38 @@ def _asyncpg_options() -> frozenset[str]:
     return frozenset(parameters - _ASYNCPG_OBJECTS) | _ASYNCPG_SQLALCHEMY
 
 
+# asyncpg's numeric options: a URL's query gives text, asyncpg compares numbers, and
+# SQLAlchemy converts only prepared_statement_cache_size. connect_args() passes these
+# converted; they are checked at start.
+_ASYNCPG_NUMBERS: dict[str, type[int] | type[float]] = {
+    "timeout": float,
+    "command_timeout": float,
+    "statement_cache_size": int,
+    "max_cached_statement_lifetime": float,
+    "max_cacheable_statement_size": int,
+}
+
+
+def asyncpg_numbers(url: URL) -> dict[str, int | float]:
+    """The numeric asyncpg options of *url*'s query, as numbers.
+
+    Raises:
+        ValueError: one is not a number; the message names it.
+    """
+    numbers: dict[str, int | float] = {}
+    for key, kind in _ASYNCPG_NUMBERS.items():
+        value = url.query.get(key)
+        if value is None:
+            continue
+        try:
+            if not isinstance(value, str):
+                raise ValueError
+            numbers[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"has {key}={value!r}; use a {kind.__name__} once") from None
+    return numbers
+
+
 def _is_secret_option(key: str) -> bool:
     return "password" in key.lower()
 
@@ -114,7 +147,7 @@ def normalise_url(raw: str) -> URL:
         raise ValueError("is not a database URL (expected postgresql://… or sqlite:///…)") from None
     refused = _REFUSED_DRIVERS.get(url.drivername)
     if refused is not None:
-        plain = url.set(drivername="postgresql").render_as_string(hide_password=True)
+        plain = redact_url(url.set(drivername="postgresql"))
         raise ValueError(
             f"{refused}; write {plain} (asyncpg for async sessions, psycopg 3 for sync ones)"
         )
@@ -137,10 +170,13 @@ def normalise_url(raw: str) -> URL:
             raise ValueError(
                 "names an in-memory SQLite database; use a file, e.g. sqlite:///./app.db"
             )
-    elif "sslmode" in url.query:
-        # libpq spells it sslmode, asyncpg spells it ssl; accept the libpq spelling.
-        mode = url.query["sslmode"]
-        url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
+    else:
+        if "sslmode" in url.query:
+            # libpq spells it sslmode, asyncpg spells it ssl; accept the libpq spelling.
+            mode = url.query["sslmode"]
+            url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
+        asyncpg_numbers(url)
+        libpq_query(url)  # sync sessions and Alembic connect with psycopg: refuse now
     return url
 
 
@@ -161,6 +197,75 @@ def _check_query_options(url: URL) -> None:
             f"has the query option(s) {names}, which {driver} does not accept "
             f"(accepted: {', '.join(sorted(accepted))})"
         )
+
+
+# asyncpg's query options that psycopg (libpq) spells differently, or does without: the
+# asyncpg-only ones tune its statement cache and its client-side deadline, which the
+# sync engine has no use for. Any other option keeps its name and must be one libpq
+# accepts (host, port, user, passfile, service, target_session_attrs, krbsrvname, ...).
+_LIBPQ_NAMES: dict[str, str | None] = {
+    "ssl": "sslmode",
+    "timeout": "connect_timeout",
+    "database": "dbname",
+    "direct_tls": "sslnegotiation",
+    "command_timeout": None,
+    "statement_cache_size": None,
+    "max_cached_statement_lifetime": None,
+    "max_cacheable_statement_size": None,
+    "prepared_statement_cache_size": None,
+}
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+@cache
+def _libpq_options() -> frozenset[str]:
+    """The connection options the installed libpq accepts (psycopg asks it)."""
+    from psycopg import pq
+
+    return frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
+
+
+def libpq_query(url: URL) -> dict[str, str | tuple[str, ...]]:
+    """The query of the asyncpg *url*, as options psycopg (libpq) accepts.
+
+    Raises:
+        ValueError: an option has no libpq equivalent, or a value neither driver takes;
+            the message names the option.
+    """
+    query: dict[str, str | tuple[str, ...]] = {}
+    for key, value in url.query.items():
+        name = _LIBPQ_NAMES.get(key, key)
+        if name is None:
+            continue
+        if name not in _libpq_options():
+            raise ValueError(
+                f"has the query option {key!r}, which psycopg (libpq), the driver of sync "
+                "sessions and Alembic, does not accept; remove it"
+            )
+        if key in ("ssl", "timeout", "direct_tls"):
+            if not isinstance(value, str):
+                raise ValueError(f"gives the query option {key!r} more than once")
+            value = _libpq_value(key, value)
+            if not value:
+                continue
+        query[name] = value
+    return query
+
+
+def _libpq_value(key: str, value: str) -> str:
+    if key == "ssl":
+        mode = value.replace("_", "-")  # asyncpg takes verify_ca too; libpq does not
+        if mode not in _SSL_MODES:
+            raise ValueError(f"has sslmode={value!r}; use one of {', '.join(_SSL_MODES)}")
+        return mode
+    if key == "timeout":  # asyncpg: float seconds (checked by asyncpg_numbers); libpq: whole
+        return str(max(1, math.ceil(float(value))))
+    # direct_tls: TLS from the first byte, libpq's sslnegotiation=direct.
+    if value.lower() in ("true", "1", "yes", "on"):
+        return "direct"
+    if value.lower() in ("false", "0", "no", "off"):
+        return ""
+    raise ValueError(f"has direct_tls={value!r}; use true or false")
 
 
 class DatabaseSettings(BaseSettings):
@@ -331,9 +436,17 @@ class DatabaseSettings(BaseSettings):
 
     @property
     def sync_url(self) -> URL:
-        """The same database through the sync driver (psycopg 3 or sqlite3)."""
+        """The same database through the sync driver (psycopg 3 or sqlite3).
+
+        On PostgreSQL the query is translated to libpq's options (``ssl`` becomes
+        ``sslmode``, ``timeout`` ``connect_timeout``; asyncpg's cache and
+        ``command_timeout`` options are dropped).
+        """
         url = self.sqlalchemy_url
-        return url.set(drivername=_SYNC_DRIVERS[url.drivername])
+        sync = url.set(drivername=_SYNC_DRIVERS[url.drivername])
+        if self.backend == "postgresql":
+            sync = sync.set(query=libpq_query(url))
+        return sync
 
     @property
     def redacted_url(self) -> str:

@@ -154,6 +154,10 @@ def test_password_in_the_query_is_redacted_everywhere() -> None:
     assert CANARY not in repr(settings.sqlalchemy_url)  # SQLAlchemy's own rendering too
     assert settings.sqlalchemy_url.password == CANARY  # ...and the driver still gets it
     assert CANARY not in redact_url(f"postgresql://u@h/db?sslpassword={CANARY}&password={CANARY}")
+    # A URL refused at start shows itself in the message: redacted there too.
+    with pytest.raises(SettingsError, match="DATABASE_URL") as refused:
+        DatabaseSettings.from_env(url=f"postgresql+psycopg://u@h/db?password={CANARY}")
+    assert CANARY not in str(refused.value)
 
 
 @pytest.mark.parametrize(
@@ -182,6 +186,47 @@ def test_unknown_query_option_stops_the_start(url: str) -> None:
 )
 def test_query_options_the_driver_accepts_pass(url: str) -> None:
     DatabaseSettings.from_env(url=url)
+
+
+@pytest.mark.parametrize(
+    ("url", "sync_query"),
+    [
+        (
+            "postgresql://u@h/db?sslmode=require&command_timeout=5&statement_cache_size=0",
+            {"sslmode": "require"},
+        ),
+        (
+            "postgresql://u@h/db?ssl=verify_full&timeout=2.5",
+            {"sslmode": "verify-full", "connect_timeout": "3"},
+        ),
+        (
+            "postgresql://u@h/db?target_session_attrs=read-write&prepared_statement_cache_size=0",
+            {"target_session_attrs": "read-write"},
+        ),
+        ("postgresql://u@h/db?max_cacheable_statement_size=10&max_cached_statement_lifetime=5", {}),
+    ],
+)
+def test_sync_url_carries_options_psycopg_accepts(url: str, sync_query: dict[str, str]) -> None:
+    from psycopg.conninfo import make_conninfo
+
+    sync = DatabaseSettings.from_env(url=url).sync_url
+    assert dict(sync.query) == sync_query
+    make_conninfo("", **dict(sync.query))  # libpq's own check: no "invalid connection option"
+
+
+@pytest.mark.parametrize(
+    ("url", "option"),
+    [
+        ("postgresql://u@h/db?servicefile=/x", "servicefile"),  # asyncpg only
+        ("postgresql://u@h/db?sslmode=on", "sslmode"),
+        ("postgresql://u@h/db?ssl=true", "sslmode"),
+        ("postgresql://u@h/db?timeout=soon", "timeout"),
+        ("postgresql://u@h/db?command_timeout=x", "command_timeout"),
+    ],
+)
+def test_query_option_one_driver_refuses_stops_the_start(url: str, option: str) -> None:
+    with pytest.raises(SettingsError, match=rf"DATABASE_URL: .*{option}"):
+        DatabaseSettings.from_env(url=url)
 
 
 def test_replica_query_option_names_its_variable() -> None:

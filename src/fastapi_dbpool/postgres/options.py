@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from ..settings import DatabaseSettings
+from ..settings import DatabaseSettings, asyncpg_numbers
 from .no_answer import command_timeout
 
 __all__ = ["connect_args", "install_statement_timeout", "local_statement_timeout"]
@@ -40,9 +40,15 @@ def _unique_statement_name() -> str:
 
 
 def connect_args(settings: DatabaseSettings, application_name: str) -> dict[str, Any]:
-    """Asyncpg's ``connect()`` arguments for *settings*."""
+    """Asyncpg's ``connect()`` arguments for *settings*.
+
+    The URL's numeric options (``command_timeout=30``) come as numbers: SQLAlchemy
+    hands asyncpg the query's text, which it cannot compare. The settings' own values
+    win over the URL's (``timeout`` is ``DB_CONNECT_TIMEOUT``).
+    """
     server_settings = {"application_name": application_name}
-    args: dict[str, Any] = {"timeout": settings.connect_timeout, "server_settings": server_settings}
+    args: dict[str, Any] = asyncpg_numbers(settings.sqlalchemy_url)
+    args |= {"timeout": settings.connect_timeout, "server_settings": server_settings}
     if settings.pgbouncer:
         args |= {
             "statement_cache_size": 0,  # asyncpg's own cache
