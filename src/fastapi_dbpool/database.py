@@ -38,6 +38,7 @@ from .postgres.replica import ReplicaRouter
 from .request.classes import SessionClasses, session_classes
 from .request.direct import DirectConnection, StatementCache, close_direct
 from .request.retry import retry_transaction
+from .request.routes import check_routes
 from .request.session import session_unit
 from .settings import DatabaseSettings
 from .sqlite.gate import READ_ONLY_OPTION, WriteGate, configure_sqlite
@@ -358,7 +359,11 @@ class Database:
         """Attach to a FastAPI/Starlette *app*: lifespan, app state and error responses.
 
         The app's own lifespan keeps working: the engine starts before it and stops
-        after it, so the app's start-up code can already use the database. At shutdown,
+        after it, so the app's start-up code can already use the database. When the
+        lifespan starts, every route's dependencies are checked first (see
+        :mod:`fastapi_dbpool.request.routes`): a sync session taken by an ``async def``
+        endpoint or dependency, or a :mod:`fastapi_dbpool.sqlmodel` alias on SQLAlchemy
+        sessions, raises DBPoolError naming the route, and the app does not start. At shutdown,
         requests still running ``SHUTDOWN_GRACE_S`` after SIGTERM are answered 503
         (see ``request/shutdown.py``).
         """
@@ -370,6 +375,8 @@ class Database:
 
         @asynccontextmanager
         async def lifespan(app_: ASGIApp) -> AsyncIterator[Any]:
+            # Before anything starts: routes are complete by now, and the models imported.
+            check_routes(app.routes, self.session_classes)
             async with self, original(app_) as state:
                 yield state
 
