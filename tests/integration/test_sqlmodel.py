@@ -18,7 +18,7 @@ from sqlalchemy import create_engine
 from sqlmodel import Field, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession
 
-from fastapi_dbpool import Database, DatabaseSettings
+from fastapi_dbpool import Database, DatabaseSettings, DBPoolError
 from fastapi_dbpool.sqlmodel import ReadSessionDep, SessionDep, SyncReadSessionDep, SyncSessionDep
 from fastapi_dbpool.testing import assert_pool_idle
 
@@ -171,3 +171,31 @@ async def test_no_detection_when_sqlalchemy_models_are_mapped_too(database_url: 
 def test_session_class_must_be_a_session_subclass() -> None:
     with pytest.raises(TypeError, match="session_class must be a subclass"):
         Database(url="sqlite:///unused.db", session_class=dict)  # type: ignore[arg-type]
+
+
+async def test_sqlmodel_aliases_on_sqlalchemy_sessions_fail_at_start(database_url: str) -> None:
+    """Detection falls back to SQLAlchemy's sessions (users_api's models are mapped too):
+    an app on the SQLModel aliases must not start, rather than fail at its first .exec()."""
+    import users_api.models  # noqa: F401
+
+    for alias, endpoint_kind in ((SessionDep, "async"), (SyncReadSessionDep, "def")):
+        app = FastAPI()
+        Database(url=database_url).install(app)
+        if endpoint_kind == "async":
+
+            @app.get("/heroes")
+            async def heroes(session: alias) -> list[str]:  # type: ignore[valid-type]
+                return [hero.name for hero in await session.exec(select(Hero))]
+
+        else:
+
+            @app.get("/heroes")
+            def heroes_sync(session: alias) -> list[str]:  # type: ignore[valid-type]
+                return [hero.name for hero in session.exec(select(Hero))]
+
+        with pytest.raises(DBPoolError, match=r"GET /heroes .*session_class=") as failed:
+            async with app.router.lifespan_context(app):
+                pass
+        assert "sqlalchemy.ext.asyncio.session.AsyncSession" in str(
+            failed.value
+        ) or "sqlalchemy.orm.session.Session" in str(failed.value)
