@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
 
-from fastapi_dbpool import Database
+from fastapi_dbpool import Database, DatabaseSettings
 from users_api.models import Item
 from users_api.processing import analyse
 
@@ -159,3 +161,72 @@ def test_analyse() -> None:
     assert analyse(None) == {"words": 0, "characters": 0}
     assert analyse("") == {"words": 0, "characters": 0}
     assert analyse("  a\tb\nc  ") == {"words": 3, "characters": 9}
+
+
+# -- POST /items: which integrity error means "no such owner" -----------------------------
+
+_PG_PROBE = {
+    # The owner is deleted between the route's check and its INSERT: a real FK violation.
+    "owner_deleted": "DELETE FROM users WHERE id = NEW.owner_id; RETURN NEW;",
+    # Any other constraint refusing the row.
+    "other_constraint": (
+        "RAISE EXCEPTION USING ERRCODE = '23514', CONSTRAINT = 'ck_items_probe', MESSAGE = 'probe';"
+    ),
+}
+_SQLITE_PROBE = {
+    "owner_deleted": "DELETE FROM users WHERE id = NEW.owner_id;",
+    "other_constraint": "SELECT RAISE(ABORT, 'CHECK constraint failed: ck_items_probe');",
+}
+
+
+@contextmanager
+def _before_item_insert(database_url: str, probe: str) -> Iterator[None]:
+    """Run the *probe* trigger body before each INSERT into items, for the block."""
+    engine = create_engine(DatabaseSettings(url=database_url).sync_url)
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        with engine.begin() as conn:
+            if postgres:
+                conn.exec_driver_sql(
+                    "CREATE FUNCTION items_probe() RETURNS trigger LANGUAGE plpgsql AS "
+                    f"$$ BEGIN {_PG_PROBE[probe]} END $$"
+                )
+                conn.exec_driver_sql(
+                    "CREATE TRIGGER items_probe BEFORE INSERT ON items "
+                    "FOR EACH ROW EXECUTE FUNCTION items_probe()"
+                )
+            else:
+                conn.exec_driver_sql(
+                    "CREATE TRIGGER items_probe BEFORE INSERT ON items "
+                    f"BEGIN {_SQLITE_PROBE[probe]} END"
+                )
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "DROP TRIGGER IF EXISTS items_probe" + (" ON items" if postgres else "")
+            )
+            if postgres:
+                conn.exec_driver_sql("DROP FUNCTION IF EXISTS items_probe()")
+        engine.dispose()
+
+
+async def test_owner_deleted_before_the_insert_is_422(
+    client: httpx.AsyncClient, owner: int, database_url: str
+) -> None:
+    with _before_item_insert(database_url, "owner_deleted"):
+        response = await client.post("/items", json={"title": "T", "owner_id": owner})
+    assert response.status_code == 422, response.text
+    assert f"no user with id {owner}" in response.text
+
+
+async def test_other_constraint_on_insert_is_the_librarys_409(
+    client: httpx.AsyncClient, owner: int, database_url: str
+) -> None:
+    with _before_item_insert(database_url, "other_constraint"):
+        response = await client.post("/items", json={"title": "T", "owner_id": owner})
+    assert response.status_code == 409, response.text
+    body = response.json()
+    assert body["code"] == "check_violation", body
+    assert body["detail"].endswith(": ck_items_probe."), body
+    assert "no user" not in response.text

@@ -15,7 +15,7 @@ from fastapi_dbpool import (
     ReadSessionDep,
     SessionDep,
 )
-from fastapi_dbpool.errors import error_responses
+from fastapi_dbpool.errors import conflict_of, error_responses
 
 from ..models import Item, User
 from ..processing import Claim, claim
@@ -97,11 +97,26 @@ def _unknown_owner(owner_id: int) -> RequestValidationError:
     )
 
 
+# items.owner_id -> users.id, the table's only foreign key.
+(_OWNER_FK,) = Item.__table__.foreign_key_constraints
+
+
+def _owner_gone(error: IntegrityError) -> bool:
+    """True when *error* is the owner's foreign key: the owner was deleted since we looked."""
+    conflict = conflict_of(error)
+    if conflict is None or conflict.code != "foreign_key_violation":
+        return False
+    # SQLite names no constraint for a foreign key ("FOREIGN KEY constraint failed");
+    # on an insert into items it can only be the owner's, the one foreign key.
+    anonymous = conflict.constraint is None and not conflict.columns
+    return anonymous or conflict.on(_OWNER_FK)
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ItemOut,
-    responses={201: {"links": _CREATED_LINKS}, **error_responses(400, 413)},
+    responses={201: {"links": _CREATED_LINKS}, **error_responses(400, 409, 413)},
 )
 async def create_item(body: ItemCreate, session: SessionDep) -> Item:
     """Create an item, ``pending``, for an existing user."""
@@ -111,8 +126,10 @@ async def create_item(body: ItemCreate, session: SessionDep) -> Item:
     session.add(item)
     try:
         await session.flush()
-    except IntegrityError:  # the owner was deleted since we looked
-        raise _unknown_owner(body.owner_id) from None
+    except IntegrityError as error:
+        if _owner_gone(error):
+            raise _unknown_owner(body.owner_id) from None
+        raise  # any other constraint: the library's 409, naming it
     return item
 
 
