@@ -122,3 +122,20 @@ async def test_first_use_of_the_sync_engine_from_a_worker_thread(database_url: s
 
         assert await anyio.to_thread.run_sync(count) == 0
         assert database.pools_in_use == 2
+
+
+def test_failed_rollback_does_not_hide_the_callers_error(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The rule of request/session.py: a rollback failing after an error is logged only."""
+    with Database(url=database_url) as database:
+        with pytest.raises(RuntimeError, match="script failed"), database.sync.session() as session:
+            session.add(User(name="Lost", email="lost@example.com"))
+            session.flush()
+            # The connection breaks under the session: its rollback will fail.
+            session.connection().connection.dbapi_connection.close()
+            raise RuntimeError("script failed")
+        assert any(r.message == "rollback failed after an error" for r in caplog.records)
+        with database.sync.session(read_only=True) as session:  # the pool recovered
+            assert session.scalar(select(func.count()).select_from(User)) == 0
+        assert database.sync.pool_snapshot().checked_out == 0

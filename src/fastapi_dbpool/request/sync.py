@@ -157,6 +157,12 @@ class SyncDatabase:
         (at most ``DB_POOL_TIMEOUT`` seconds, then PoolTimeout); never call it on the
         event loop's thread. A *read_only* session does not take SQLite's write lock
         and runs READ ONLY on PostgreSQL.
+
+        It ends as :mod:`fastapi_dbpool.request.session`'s table says: a rollback that
+        fails after the block raised is logged, and the block's error is raised.
+
+        Raises:
+            PoolTimeout: no connection became free within ``DB_POOL_TIMEOUT`` seconds.
         """
         with self.engine.connect() as connection:
             if read_only:
@@ -165,12 +171,24 @@ class SyncDatabase:
                 try:
                     yield session
                 except BaseException:
-                    session.rollback()
+                    self._rollback_quietly(session)
                     raise
                 if read_only:
                     session.rollback()
                 else:
                     session.commit()
+
+    def _rollback_quietly(self, session: Session) -> None:
+        # The caller's error is the one that matters; on a broken connection SQLAlchemy
+        # invalidates it, so it does not go back to the pool dirty.
+        try:
+            session.rollback()
+        except Exception:
+            logger.warning(
+                "rollback failed after an error",
+                exc_info=True,
+                extra={"pool": self.name, "event": "rollback_failed"},
+            )
 
     async def begin(self, *, read_only: bool = False) -> UnitOfWork:
         """Wait for a slot, then check out a connection for a new unit of work.
