@@ -32,6 +32,7 @@ __all__ = [
     "await_",
     "bind_processors",
     "cache_key",
+    "checkin_is_io_free",
     "checkin_without_reset",
     "connection_record",
     "driver_errors",
@@ -128,6 +129,24 @@ def checkin_without_reset(fairy: Any) -> None:
     checks in this way after a commit (2.0 and 2.1).
     """
     fairy._checkin(True)
+
+
+def checkin_is_io_free(fairy: Any) -> bool:
+    """True when :func:`checkin_without_reset` of *fairy* cannot touch the network.
+
+    Then it may run on the event loop without a greenlet. The checkin of a connection
+    without a transaction does I/O only to close it: when the pool's queue is full
+    (an overflow connection comes back: ``overflow() > 0``), or when a ``reset`` event
+    listener, which may talk to the server, is installed (the pool's ``dispatch``; 2.0
+    and 2.1). The ``checkin`` listeners run either way: the library's are plain code.
+    """
+    pool = fairy._pool
+    return (
+        fairy.dbapi_connection is not None
+        and not pool.dispatch.reset
+        and isinstance(pool, QueuePool)
+        and pool.overflow() <= 0
+    )
 
 
 # -- driver errors ----------------------------------------------------------------------

@@ -152,3 +152,38 @@ async def test_connection_killed_by_the_server_is_replaced(settings: DatabaseSet
             assert await db.all(select(User.id)) == []
         assert database.pool_snapshot().invalidations_total >= 1
         await assert_pool_idle(database)
+
+
+async def test_checkin_closes_an_overflow_connection_and_keeps_the_others(
+    database_url: str,
+) -> None:
+    """The checkin without a greenlet is taken only where it does no I/O.
+
+    An overflow connection must be closed when it comes back (I/O: through the
+    greenlet); a pooled one goes back to the queue on the spot. Both with a ``reset``
+    listener installed too, which forces every checkin through the greenlet.
+    """
+    from sqlalchemy import event
+
+    settings = make_settings(database_url, pool_size=1, max_overflow=1)
+    for with_reset_listener in (False, True):
+        resets: list[object] = []
+        async with Database(settings) as database:
+            if with_reset_listener:
+                pool = database.engine.sync_engine.pool
+                event.listen(pool, "reset", lambda *args, seen=resets: seen.append(args))
+            opened = database.pool_snapshot().connects_total
+            async with database.connection(read_only=True) as first:
+                await first.scalar(select(1))
+                async with database.connection(read_only=True) as second:
+                    await second.scalar(select(1))
+                    assert database.pool_snapshot().overflow == 1
+            snapshot = database.pool_snapshot()
+            assert (snapshot.checked_out, snapshot.overflow, snapshot.idle) == (0, 0, 1)
+            assert snapshot.connects_total == opened + 2
+            # The one kept is reused, not reopened.
+            async with database.connection(read_only=True) as again:
+                await again.scalar(select(1))
+            assert database.pool_snapshot().connects_total == opened + 2
+            await assert_pool_idle(database)
+        assert bool(resets) == with_reset_listener

@@ -25,7 +25,7 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -97,31 +97,59 @@ class Endpoint:
         return f"{self.method} {self.route}"
 
 
-_current: ContextVar[Endpoint | None] = ContextVar("fastapi_dbpool_endpoint", default=None)
+class _RequestNote:
+    """A request's ASGI scope, turned into an :class:`Endpoint` only when one is needed.
+
+    Set on every request; read only for a leak report. By then the router has put the
+    matched route in the scope.
+    """
+
+    __slots__ = ("scope",)
+
+    def __init__(self, scope: Mapping[str, Any]) -> None:
+        self.scope = scope
+
+    def endpoint(self) -> Endpoint:
+        scope = self.scope
+        route = getattr(scope.get("route"), "path", None) or scope.get("path", "?")
+        return Endpoint(scope.get("method", "WEBSOCKET"), route, scope.get("endpoint"))
+
+
+_current: ContextVar[_RequestNote | None] = ContextVar("fastapi_dbpool_endpoint", default=None)
 
 
 def current_endpoint() -> Endpoint | None:
     """The endpoint of the request being served in this context, if any."""
-    return _current.get()
+    note = _current.get()
+    return note.endpoint() if note is not None else None
+
+
+def note_endpoint(conn: HTTPConnection) -> Callable[[], None]:
+    """Note *conn*'s request for log lines about its connections; return the undo.
+
+    The request dependencies call this before they take a connection, and call the
+    returned function when the request's unit of work has ended; worker threads and
+    tasks started meanwhile inherit the note with the context. The method and route
+    template are read only when a log line needs them.
+    """
+    token = _current.set(_RequestNote(conn.scope))
+
+    def undo() -> None:
+        # An abandoned unit may be finalised in another context; nothing to undo.
+        with suppress(ValueError):
+            _current.reset(token)
+
+    return undo
 
 
 @contextmanager
 def endpoint_context(conn: HTTPConnection) -> Iterator[None]:
-    """Note *conn*'s method and route template for log lines about its connections.
-
-    The session dependencies enter this around the request's work; worker threads and
-    tasks started from it inherit the note with the context.
-    """
-    scope = conn.scope
-    route = getattr(scope.get("route"), "path", None) or scope.get("path", "?")
-    endpoint = Endpoint(scope.get("method", "WEBSOCKET"), route, scope.get("endpoint"))
-    token = _current.set(endpoint)
+    """Note *conn*'s request for log lines about its connections, for the block."""
+    undo = note_endpoint(conn)
     try:
         yield
     finally:
-        # An abandoned dependency may be finalised in another context; nothing to undo.
-        with suppress(ValueError):
-            _current.reset(token)
+        undo()
 
 
 def _is_application(frame: FrameType) -> bool:
@@ -176,7 +204,7 @@ class _Lease:
 
     started: float
     frames: Frames
-    endpoint: Endpoint | None
+    request: _RequestNote | None
     timer: asyncio.TimerHandle | None = None
     returned: bool = False
     reported: bool = False
@@ -259,7 +287,7 @@ class LeakDetector:
                     "pool": self.monitor.name,
                     "event": "leak_returned",
                     "held_seconds": round(held, 3),
-                    "endpoint": str(lease.endpoint) if lease.endpoint else None,
+                    "endpoint": str(lease.request.endpoint()) if lease.request else None,
                 },
             )
 
@@ -280,7 +308,7 @@ class LeakDetector:
             lease.reported = True
         self.monitor.leaks_total += 1
         held = time.perf_counter() - lease.started
-        endpoint = lease.endpoint
+        endpoint = lease.request.endpoint() if lease.request is not None else None
         frames = lease.frames or _function_frames(endpoint.function if endpoint else None)
         where = format_frames(frames)
         logger.warning(
