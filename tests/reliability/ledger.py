@@ -5,9 +5,16 @@ until the run's time is up or its request budget is spent. Every request becomes
 :class:`Entry`: what was sent, when, how long it took, the status (or the transport
 error), and for a write what it wrote. A write answered 2xx is *acknowledged*: the
 service promised it is stored, so after the run every acknowledged write must be in
-the database (:meth:`Ledger.lost_writes`). A write that got no answer, or a 503 that
-says the connection was lost mid-request, has an *unknown outcome*: it may or may not
-be stored, and the ledger counts it and finds out afterwards.
+the database (:meth:`Ledger.lost_writes`). A write that got no answer, or a 503 whose
+``code`` does not prove that nothing ran (the connection was lost mid-request, the
+server shut down, the statement was cancelled), has an *unknown outcome*: it may or
+may not be stored, and the ledger counts it and finds out afterwards. A 503 whose code
+says the statement never reached the server (no connection could be opened or taken
+from the pool) is a *definite failure*: the write must not be stored.
+
+Each client renames only users of its own, one request at a time, so the renames of
+one user never overlap: after the run a user's name must be its last acknowledged
+rename, or a later rename of unknown outcome.
 
 Usage::
 
@@ -35,15 +42,22 @@ import psycopg
 
 from tests.backends import libpq_url
 
-__all__ = ["READS_AND_WRITES", "Entry", "Ledger", "Load", "seed_users"]
+__all__ = ["NOTHING_WRITTEN_CODES", "READS_AND_WRITES", "Entry", "Ledger", "Load", "seed_users"]
 
 # Operation -> weight. Reads by id on a direct connection and through a session,
 # writes as one committed statement (POST /users) and as a session's transaction
 # (PATCH /users/{id}: a read, then an UPDATE, committed before the answer).
 READS_AND_WRITES = {"get_user": 4, "list_users": 1, "create_user": 3, "rename_user": 1}
 
-# A 503 whose reason says the request may have reached the server before it failed.
-UNKNOWN_REASONS = {"database_unavailable", "statement_timeout"}
+# Codes of a 503 (fastapi_dbpool.errors) that prove the statement never reached the
+# server: no connection could be opened (connect_failed; cannot_connect_now, the server
+# still starting) or taken from the pool (pool_exhausted, too_many_waiting). A 503 of
+# any other code (connection_lost, admin_shutdown, crash_shutdown, statement_timeout,
+# and the shutdown guard's, whose body cannot tell a request refused on arrival from
+# one cut at the end of the grace period) leaves the outcome unknown.
+NOTHING_WRITTEN_CODES = frozenset(
+    {"connect_failed", "cannot_connect_now", "pool_exhausted", "too_many_waiting"}
+)
 
 
 @dataclass(slots=True)
@@ -55,9 +69,11 @@ class Entry:
     elapsed: float = 0.0
     status: int | None = None  # None: no HTTP answer (see error)
     error: str | None = None  # the transport error's class name
+    code: str | None = None  # the body's "code" on an error answer
     reason: str | None = None  # the body's "reason" on an error answer
     retry_after: str | None = None
     written: str | None = None  # for a write: the email or name it wrote
+    user_id: int | None = None  # for a rename: the user renamed
 
     @property
     def ok(self) -> bool:
@@ -98,12 +114,8 @@ class Ledger:
 
     @property
     def unknown(self) -> list[Entry]:
-        """Writes that may or may not be stored: no answer, or a 503 after the server."""
-        return [
-            entry
-            for entry in self.writes
-            if entry.status is None or (entry.status == 503 and entry.reason in UNKNOWN_REASONS)
-        ]
+        """Writes that may or may not be stored: no answer, or a 5xx not proven harmless."""
+        return [entry for entry in self.writes if _outcome_unknown(entry)]
 
     def without_retry_after(self) -> list[Entry]:
         """503 answers that did not say when to retry."""
@@ -122,24 +134,42 @@ class Ledger:
         ends = [e.ended for e in self.entries if e.ok and e.started >= moment]
         return min(ends) - moment if ends else None
 
-    def stored(self, database_url: str) -> tuple[set[str], set[str]]:
-        """The emails of users in the database, and the names written by renames."""
+    def stored(self, database_url: str) -> tuple[set[str], dict[int, str]]:
+        """The emails of users in the database, and each user's name by id."""
         with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-            rows = conn.execute("SELECT email, name FROM users").fetchall()
-        return {email for email, _ in rows}, {name for _, name in rows}
+            rows = conn.execute("SELECT id, email, name FROM users").fetchall()
+        return {email for _, email, _ in rows}, {user_id: name for user_id, _, name in rows}
 
     def lost_writes(self, database_url: str) -> list[Entry]:
-        """Acknowledged creates whose row is not in the database.
+        """Acknowledged writes the database does not show.
 
-        Renames are not checked here: a later rename of the same user overwrites an
-        earlier one, acknowledged or not.
+        An acknowledged create whose row is missing; the last acknowledged rename of a
+        user whose name is neither that rename's nor one of a later rename of unknown
+        outcome.
         """
-        emails, _ = self.stored(database_url)
-        return [
+        emails, names = self.stored(database_url)
+        lost = [
             entry
             for entry in self.acknowledged
             if entry.op == "create_user" and entry.written not in emails
         ]
+        return lost + self.lost_renames(names)
+
+    def lost_renames(self, names: dict[int, str]) -> list[Entry]:
+        """The last acknowledged rename of each user whose final name (*names*) denies it."""
+        lost = []
+        for renames in self._renames_by_user().values():
+            acknowledged = [e for e in renames if e.ok]
+            if not acknowledged:
+                continue
+            last = acknowledged[-1]
+            assert last.user_id is not None
+            allowed = {last.written} | {
+                e.written for e in renames if e.started > last.started and _outcome_unknown(e)
+            }
+            if names.get(last.user_id) not in allowed:
+                lost.append(last)
+        return lost
 
     def unknown_stored(self, database_url: str) -> int:
         """Creates with an unknown outcome that turned out stored."""
@@ -147,14 +177,38 @@ class Ledger:
         return sum(1 for e in self.unknown if e.op == "create_user" and e.written in emails)
 
     def phantom_writes(self, database_url: str) -> list[Entry]:
-        """Creates answered with a definite failure whose row is in the database anyway."""
-        emails, _ = self.stored(database_url)
-        unknown = {id(e) for e in self.unknown}
+        """Writes answered with a definite failure that are in the database anyway.
+
+        A create whose row exists; a rename whose name is its user's final name.
+        """
+        emails, names = self.stored(database_url)
+        return self.phantoms(emails, names)
+
+    def phantoms(self, emails: set[str], names: dict[int, str]) -> list[Entry]:
+        """:meth:`phantom_writes` against the *emails* and *names* given."""
+        failed = [e for e in self.writes if not e.ok and not _outcome_unknown(e)]
         return [
             e
-            for e in self.writes
-            if e.op == "create_user" and not e.ok and id(e) not in unknown and e.written in emails
+            for e in failed
+            if (e.op == "create_user" and e.written in emails)
+            or (
+                e.op == "rename_user"
+                and e.user_id is not None
+                and names.get(e.user_id) == e.written
+            )
         ]
+
+    def renamed_users(self) -> int:
+        """Users with at least one acknowledged rename (checked by :meth:`lost_writes`)."""
+        return sum(1 for renames in self._renames_by_user().values() if any(e.ok for e in renames))
+
+    def _renames_by_user(self) -> dict[int, list[Entry]]:
+        """Each user's renames, in the order they were sent."""
+        by_user: dict[int, list[Entry]] = {}
+        for entry in sorted(self.writes, key=lambda e: e.started):
+            if entry.op == "rename_user" and entry.user_id is not None:
+                by_user.setdefault(entry.user_id, []).append(entry)
+        return by_user
 
     def summary(self, title: str = "") -> str:
         """One line of figures: requests, statuses, writes, unknowns, slowest."""
@@ -170,10 +224,18 @@ class Ledger:
         )
         return (
             f"{title}{len(self.entries)} requests in {seconds:.1f} s "
-            f"({statuses}); writes acknowledged {len(self.acknowledged)}, "
+            f"({statuses}); writes acknowledged {len(self.acknowledged)} "
+            f"({self.renamed_users()} users renamed), "
             f"unknown outcome {len(self.unknown)}; slowest {self.slowest():.2f} s"
             + (f"; failures {dict(failed)}" if failed else "")
         )
+
+
+def _outcome_unknown(entry: Entry) -> bool:
+    """A write that may or may not be stored: no answer, or a 5xx not proven harmless."""
+    if entry.status is None:
+        return True
+    return entry.status >= 500 and entry.code not in NOTHING_WRITTEN_CODES
 
 
 def seed_users(base_url: str, count: int) -> list[int]:
@@ -193,7 +255,8 @@ class Load:
 
     Args:
         base_url: The app, ``http://127.0.0.1:PORT``.
-        user_ids: Existing users to read and rename.
+        user_ids: Existing users to read, and to rename: client *i* renames only
+            ``user_ids[i::clients]`` (a client without users of its own reads instead).
         clients: Concurrent clients, each with its own keep-alive connection.
         mix: Operation -> weight (see :data:`READS_AND_WRITES`).
         timeout: Seconds after which the client gives up on a request (counted as
@@ -259,25 +322,32 @@ class Load:
             base_url=self.base_url, timeout=self.timeout, limits=limits
         ) as client:
             deadline = self._t0 + seconds
-            await asyncio.gather(*(self._client(client, deadline) for _ in range(self.clients)))
+            await asyncio.gather(
+                *(
+                    self._client(client, deadline, self.user_ids[n :: self.clients])
+                    for n in range(self.clients)
+                )
+            )
         self.ledger.seconds = self.now()
         return self.ledger
 
-    async def _client(self, client: httpx.AsyncClient, deadline: float) -> None:
+    async def _client(self, client: httpx.AsyncClient, deadline: float, own: list[int]) -> None:
         rng = random.Random()
         while not self._stop.is_set() and time.monotonic() < deadline:
             serial = next(self._serial)
             if serial >= self.max_requests:
                 return
             op = rng.choices(self.ops, self.weights)[0]
-            await self._send(client, op, serial, rng)
+            if op == "rename_user" and not own:
+                op = "get_user"
+            await self._send(client, op, serial, rng, own)
             if self.pace_s:
                 await asyncio.sleep(self.pace_s)
 
     async def _send(
-        self, client: httpx.AsyncClient, op: str, serial: int, rng: random.Random
+        self, client: httpx.AsyncClient, op: str, serial: int, rng: random.Random, own: list[int]
     ) -> None:
-        user_id = rng.choice(self.user_ids)
+        user_id = rng.choice(own if op == "rename_user" else self.user_ids)
         written = None
         if op == "get_user":
             request = client.build_request("GET", f"/users/{user_id}")
@@ -293,7 +363,12 @@ class Load:
             request = client.build_request("PATCH", f"/users/{user_id}", json={"name": written})
         else:
             raise ValueError(f"unknown operation {op!r}")
-        entry = Entry(op=op, started=self.now(), written=written)
+        entry = Entry(
+            op=op,
+            started=self.now(),
+            written=written,
+            user_id=user_id if op == "rename_user" else None,
+        )
         began = time.monotonic()
         try:
             answer = await client.send(request)
@@ -304,9 +379,12 @@ class Load:
             entry.retry_after = answer.headers.get("retry-after")
             if answer.status_code >= 400:
                 try:
-                    entry.reason = answer.json().get("reason")
+                    body = answer.json()
                 except ValueError:
-                    entry.reason = None
+                    body = None
+                if isinstance(body, dict):
+                    entry.code = body.get("code")
+                    entry.reason = body.get("reason")
         entry.elapsed = time.monotonic() - began
         self.ledger.entries.append(entry)
         self._answered.set()
