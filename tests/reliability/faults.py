@@ -9,9 +9,15 @@ from dataclasses import dataclass, field
 import httpx
 
 from tests.pgcluster import PgCluster
-from tests.reliability.ledger import Ledger, Load, seed_users
+from tests.reliability.ledger import Entry, Ledger, Load, seed_users
 
-__all__ = ["RECOVERY_S", "Readiness", "assert_recovered", "restarts_under_load"]
+__all__ = [
+    "RECOVERY_S",
+    "Readiness",
+    "assert_recovered",
+    "failed_during",
+    "restarts_under_load",
+]
 
 # After the server is back, the app serves normally within this many seconds.
 RECOVERY_S = 1.0
@@ -60,6 +66,21 @@ def assert_recovered(ledger: Ledger, outages: list[tuple[float, float]], report:
         # Up to the next outage: requests still running when it begins may fail.
         after = [e for e in ledger.between(up + RECOVERY_S, end) if not e.ok and e.ended < end]
         assert after == [], f"{report}\nerrors after recovery: {after[:5]}"
+
+
+def failed_during(
+    ledger: Ledger, faults: list[tuple[float, float]], deadline: float
+) -> list[Entry]:
+    """Requests answered 503, or not at all, that ended during a fault or *deadline* after it.
+
+    *faults* are (start, end) in the ledger's seconds.
+    """
+    return [
+        entry
+        for entry in ledger.entries
+        if (entry.status == 503 or entry.status is None)
+        and any(start <= entry.ended <= end + deadline for start, end in faults)
+    ]
 
 
 @dataclass
