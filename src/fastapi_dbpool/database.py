@@ -367,6 +367,7 @@ class Database:
         requests still running ``SHUTDOWN_GRACE_S`` after SIGTERM are answered 503
         (see ``request/shutdown.py``).
         """
+        from .request.retry import check_retried_routes
         from .request.shutdown import install_shutdown_guard
         from .responses import install_error_handlers
 
@@ -377,6 +378,7 @@ class Database:
         async def lifespan(app_: ASGIApp) -> AsyncIterator[Any]:
             # Before anything starts: routes are complete by now, and the models imported.
             check_routes(app.routes, self.session_classes)
+            check_retried_routes(app)
             async with self, original(app_) as state:
                 yield state
 
@@ -461,7 +463,7 @@ class Database:
 
     def transaction(
         self,
-        retries: int = 3,
+        retries: int | None = None,
         *,
         max_seconds: float = 5.0,
         backoff_s: float = 0.02,
@@ -480,8 +482,13 @@ class Database:
                 async with attempt as session:
                     ...
 
+            async with database.transaction() as session:  # once, like engine.begin()
+                ...
+
         Args:
-            retries: Attempts after the first; 0 runs the unit once.
+            retries: Attempts after the first; 0 runs the unit once. Unset: 3 for the
+                decorator and the loop, and ``async with`` runs its block once (given
+                above 0, ``async with`` raises TypeError: it cannot re-run a block).
             max_seconds: Bound on the whole unit, attempts and backoff included.
             backoff_s: Base of the exponential backoff (full jitter, capped at 0.5 s).
             read_only: A read-only session (see :meth:`session`).
@@ -491,8 +498,10 @@ class Database:
         """
         from .request.retry import RetryPolicy, Transaction
 
-        policy = RetryPolicy(retries=retries, max_seconds=max_seconds, backoff_s=backoff_s)
-        return Transaction(self, policy, read_only=read_only)
+        policy = RetryPolicy(
+            retries=3 if retries is None else retries, max_seconds=max_seconds, backoff_s=backoff_s
+        )
+        return Transaction(self, policy, read_only=read_only, once_as_block=retries is None)
 
     #: Mark an ``async def`` handler as safe to re-run on a serialization failure or
     #: deadlock: ``@Database.retrying(retries=5)`` under the route decorator. The

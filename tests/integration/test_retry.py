@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Annotated
 
 import httpx
 import pytest
+from fastapi import Depends, FastAPI
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from fastapi_dbpool import Database, DatabaseSettings
+from fastapi_dbpool import Database, DatabaseSettings, SessionDep
 from fastapi_dbpool.request.retry import RetryPolicy, Transaction
 from fastapi_dbpool.testing import assert_pool_idle
 from tests.conftest import make_settings
@@ -154,3 +157,63 @@ async def test_block_form_and_its_limits(database: Database) -> None:
             pass
     async with Transaction(database, RetryPolicy(retries=0)) as session:
         assert await session.scalar(text("SELECT n FROM dbpool_fault WHERE id = 1")) == 1
+
+
+async def test_plain_context_manager_runs_the_block_once(database: Database) -> None:
+    # As SQLAlchemy's `async with engine.begin()`: the default form just works, once.
+    async with database.transaction() as session:
+        await session.execute(text("UPDATE dbpool_fault SET n = n + 1 WHERE id = 1"))
+    async with database.transaction(read_only=True) as session:
+        assert await session.scalar(text("SELECT n FROM dbpool_fault WHERE id = 1")) == 1
+    # Retries asked for explicitly cannot be honoured by a block: said, not ignored.
+    with pytest.raises(TypeError, match="async for attempt in database.transaction"):
+        async with database.transaction(retries=5):
+            pass
+
+
+async def _session_through(session: SessionDep) -> AsyncSession:
+    return session  # a repository or service object holding the request's session
+
+
+ThroughDep = Annotated[AsyncSession, Depends(_session_through)]
+
+
+async def test_retried_handler_with_its_session_only_in_a_sub_dependency_stops_the_start(
+    fault_settings: DatabaseSettings,
+) -> None:
+    app = FastAPI()
+    Database(fault_settings).install(app)
+
+    @app.post("/bump")
+    @Database.retrying(retries=2)
+    async def bump(repo: ThroughDep) -> dict[str, bool]:
+        await repo.execute(text("UPDATE dbpool_fault SET n = n + 1 WHERE id = 1"))
+        return {"ok": True}
+
+    with pytest.raises(TypeError, match=r"/bump: bump\(\).*repo.*`session: SessionDep`"):
+        async with app.router.lifespan_context(app):
+            pass
+
+
+async def test_retried_handler_that_also_takes_the_session_starts_and_commits(
+    fault_settings: DatabaseSettings,
+) -> None:
+    # What the error says to write: the handler's own parameter is the same session.
+    app = FastAPI()
+    Database(fault_settings).install(app)
+
+    @app.post("/bump")
+    @Database.retrying(retries=2)
+    async def bump(repo: ThroughDep, session: SessionDep) -> dict[str, bool]:
+        assert repo is session
+        await repo.execute(text("UPDATE dbpool_fault SET n = n + 1 WHERE id = 1"))
+        return {"ok": True}
+
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.post("/bump")).status_code == 200
+        database = app.state.fastapi_dbpool
+        async with database.session(read_only=True) as session:
+            assert await session.scalar(text("SELECT n FROM dbpool_fault WHERE id = 1")) == 1
+        await assert_pool_idle(database)

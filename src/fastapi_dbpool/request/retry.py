@@ -26,11 +26,11 @@ import inspect
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, get_args
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,7 +40,7 @@ from ..pool.monitor import MONITOR_INFO_KEY
 if TYPE_CHECKING:
     from ..database import Database
 
-__all__ = ["Attempt", "RetryPolicy", "Transaction", "retry_transaction"]
+__all__ = ["Attempt", "RetryPolicy", "Transaction", "check_retried_routes", "retry_transaction"]
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -158,14 +158,24 @@ class Transaction:
             async with attempt as session:
                 ...
 
-    ``async with database.transaction() as session:`` runs the block once (a context
-    manager cannot run its block twice); with ``retries`` above 0 it refuses.
+    ``async with database.transaction() as session:`` runs the block once, like
+    SQLAlchemy's ``engine.begin()`` (a context manager cannot run its block twice);
+    asked for retries explicitly (``transaction(retries=5)``), it refuses.
     """
 
-    def __init__(self, database: Database, policy: RetryPolicy, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        database: Database,
+        policy: RetryPolicy,
+        *,
+        read_only: bool = False,
+        once_as_block: bool = False,
+    ) -> None:
         self.database = database
         self.policy = policy
         self.read_only = read_only
+        # True when the retries are the default, not asked for: `async with` runs once.
+        self._once_as_block = once_as_block
         self._single: Any = None
 
     def _on_retry(self, code: str) -> None:
@@ -196,7 +206,7 @@ class Transaction:
         return wrapper
 
     async def __aenter__(self) -> AsyncSession:
-        if self.policy.retries:
+        if self.policy.retries and not self._once_as_block:
             raise TypeError(
                 "`async with database.transaction(retries=...)` cannot re-run its block: "
                 "use `async for attempt in database.transaction(...)` and "
@@ -265,6 +275,53 @@ def retry_transaction(
         return run
 
     return mark
+
+
+def check_retried_routes(app: Any) -> None:
+    """Refuse a retried handler that gets its session or connection through a sub-dependency.
+
+    The marker commits and rolls back only the ``SessionDep``/``ConnectionDep`` that are
+    the handler's own parameters. One reached only through another dependency (a
+    repository, a service object) would stay in its failed transaction across
+    attempts and commit after the response, outside the retries.
+
+    Raises:
+        TypeError: at start, naming the route, the dependency and what to write.
+    """
+    from fastapi.routing import APIRoute
+
+    from .dependencies import ConnectionDep, ReadConnectionDep, ReadSessionDep, SessionDep
+
+    aliases: dict[str, Any] = {"SessionDep": SessionDep, "ReadSessionDep": ReadSessionDep}
+    aliases |= {"ConnectionDep": ConnectionDep, "ReadConnectionDep": ReadConnectionDep}
+    units = {get_args(alias)[1].dependency: name for name, alias in aliases.items()}
+    for route in getattr(app, "routes", ()):
+        if not isinstance(route, APIRoute) or not hasattr(route.endpoint, MARKER):
+            continue
+        own = {
+            dep.call
+            for dep in route.dependant.dependencies
+            if dep.name is not None and dep.use_cache and dep.call in units
+        }
+        for chain, dep in _nested(route.dependant.dependencies, ()):
+            if dep.call in units and (dep.call not in own or not dep.use_cache):
+                alias = units[dep.call]
+                raise TypeError(
+                    f"{route.path}: {route.name}() is marked @Database.retrying but gets its "
+                    f"{alias} through the dependency {' -> '.join(chain)}, which the marker "
+                    f"cannot commit or roll back between attempts. Add `session: {alias}` "
+                    "to the handler's own parameters too: FastAPI gives the dependency the "
+                    "same object, and the marker then ends it with each attempt."
+                )
+
+
+def _nested(deps: list[Any], chain: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every dependency that is not a handler parameter itself, with its path of names."""
+    for dep in deps:
+        name = dep.name or getattr(dep.call, "__name__", repr(dep.call))
+        if chain or dep.name is None:  # nested, or in the route's dependencies=[...]
+            yield (*chain, name), dep
+        yield from _nested(dep.dependencies, (*chain, name))
 
 
 def _is_unit(value: Any) -> bool:
