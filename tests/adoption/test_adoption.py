@@ -4,7 +4,7 @@
 write it: sync ``def`` endpoints on SQLModel, a module-level engine, a ``get_db()`` yield
 dependency, a start-up script (``app/initial_data.py``) and its own tests, whose
 fixtures use the module-level engine. ``ported/`` is the same app on fastapi_dbpool.
-The port must stay small, need no monkeypatch and no second engine, keep the app's
+The port must stay small (at most 10 lines added or removed, together), need no monkeypatch and no second engine, keep the app's
 tests unchanged and passing, and show its pool in /metrics. Each app runs in a
 subprocess of this interpreter, so ``make test-sa20`` runs it on SQLAlchemy 2.0.
 """
@@ -48,8 +48,9 @@ def port_diff() -> tuple[list[str], list[str]]:
 
 def test_port_is_small_and_leaves_the_tests_and_scripts_alone() -> None:
     added, removed = port_diff()
-    assert len(added) <= MAX_CHANGED_LINES, "\n".join(added)
-    assert len(removed) <= len(added)
+    # Every changed line counts: a line rewritten is one removed and one added.
+    changed = [f"- {line}" for line in removed] + [f"+ {line}" for line in added]
+    assert len(changed) <= MAX_CHANGED_LINES, "\n".join(changed)
     touched = {line.split(":", 1)[0] for line in added + removed}
     assert touched == {"app/db.py", "app/main.py"}  # tests, models and the script unchanged
     assert not any("monkeypatch" in line or "create_engine(" in line for line in added)

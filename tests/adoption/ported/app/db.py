@@ -3,8 +3,8 @@ from collections.abc import Generator
 from typing import Annotated
 
 from fastapi import Depends
-from fastapi_dbpool import Database
-from fastapi_dbpool.sqlmodel import SyncSessionDep as SessionDep
+from fastapi_dbpool import Database, install_metrics
+from fastapi_dbpool.sqlmodel import SyncSessionDep
 from sqlmodel import Session, create_engine
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///./heroes.db")
@@ -17,3 +17,5 @@ def get_db() -> Generator[Session, None, None]:
     with Session(engine) as session:
         yield session
 
+
+SessionDep = SyncSessionDep  # get_db() deadlocks the threadpool under load; this cannot

@@ -2,8 +2,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi.routing import APIRoute
 from sqlmodel import select
 
-from app.db import SessionDep, database
-from fastapi_dbpool import install_metrics
+from app.db import SessionDep
+from app.db import database, install_metrics
 from app.models import Hero, HeroCreate, HeroUpdate
 
 
