@@ -98,7 +98,7 @@ def _unknown_owner(owner_id: int) -> RequestValidationError:
 
 
 # items.owner_id -> users.id, the table's only foreign key.
-(_OWNER_FK,) = Item.__table__.foreign_key_constraints
+(_OWNER_FK,) = Item.metadata.tables[Item.__tablename__].foreign_key_constraints
 
 
 def _owner_gone(error: IntegrityError) -> bool:
