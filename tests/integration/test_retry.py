@@ -166,7 +166,7 @@ async def test_plain_context_manager_runs_the_block_once(database: Database) -> 
     async with database.transaction(read_only=True) as session:
         assert await session.scalar(text("SELECT n FROM dbpool_fault WHERE id = 1")) == 1
     # Retries asked for explicitly cannot be honoured by a block: said, not ignored.
-    with pytest.raises(TypeError, match="async for attempt in database.transaction"):
+    with pytest.raises(TypeError, match=r"async for attempt in database\.transaction"):
         async with database.transaction(retries=5):
             pass
 
