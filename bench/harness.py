@@ -31,7 +31,7 @@ from .loadgen import ENDPOINTS, Sample, run_wrk
 from .servers import APPS, AppServer
 from .system import LOAD_CPU, describe_machine, ensure_wrk, pin_postgres
 
-COMPARED = ("users_api", "raw", "orm", "tutorial")
+COMPARED = ("users_api", "raw", "orm", "orm_dbpool", "tutorial")
 
 
 @dataclass(frozen=True)
@@ -298,7 +298,7 @@ def execute(config: Config) -> Run:
                 bench.compare(backend, url, servers)
                 if backend == "postgresql":
                     by_name = {s.spec.name: s for s in servers}
-                    for name in ("orm", "tutorial", "nodb"):
+                    for name in ("orm", "orm_dbpool", "tutorial", "nodb"):
                         if name in by_name:
                             by_name[name].stop()
                     bench.concurrency(url, [by_name["users_api"], by_name["raw"]])

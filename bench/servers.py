@@ -40,6 +40,7 @@ APPS = {
         AppSpec("users_api", "users_api.main:app", "users_api (fastapi_dbpool)"),
         AppSpec("raw", "bench.apps.raw_driver:app", "raw driver (asyncpg / aiosqlite)"),
         AppSpec("orm", "bench.apps.orm_async:app", "SQLAlchemy async ORM"),
+        AppSpec("orm_dbpool", "bench.apps.orm_dbpool:app", "the ORM app's handlers on SessionDep"),
         AppSpec("tutorial", "bench.apps.tutorial:app", "tutorial (sync session in async def)"),
         AppSpec("nodb", "bench.apps.nodb:app", "no database", uses_database=False),
     )
