@@ -39,6 +39,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timing]
 GRACE_S = 2
 SERVER_TIMEOUT_S = GRACE_S + 4  # uvicorn's forced cancel comes this long after SIGTERM
 BLOCKED = 4
+# After SIGTERM, a request started later than this is new work the app must refuse.
+NEW_WORK_REFUSED_S = 0.1
 
 
 @contextmanager
@@ -121,11 +123,12 @@ async def blocked_writes(
 
 async def sigterm_with_blocked_requests(
     database_url: str, *, release_after_s: float | None
-) -> tuple[list[httpx.Response], list[float], Ledger, str, int | None]:
+) -> tuple[list[httpx.Response], list[float], Ledger, float, str, int | None]:
     """SIGTERM while BLOCKED writes wait on a lock, released *release_after_s* after it.
 
     Returns the blocked requests' answers, the seconds from SIGTERM to each, the
-    ledger of a read load that ran meanwhile, the server's log and its exit code.
+    ledger of a read load that ran meanwhile, the moment of SIGTERM in the ledger's
+    seconds, the server's log and its exit code.
     """
     env = {
         "DATABASE_URL": database_url,
@@ -153,7 +156,7 @@ async def sigterm_with_blocked_requests(
                     await asyncio.sleep(0.05)
                     blocked = await asyncio.to_thread(writes_blocked, server, database_url)
                 await load.until(requests=len(load.ledger.entries) + 20, timeout=10)
-                signalled = time.monotonic()
+                signalled, sigterm_at = time.monotonic(), load.now()
                 server.process.send_signal(signal.SIGTERM)
                 if release_after_s is not None:
                     await asyncio.sleep(release_after_s)  # the writes are in flight meanwhile
@@ -172,17 +175,27 @@ async def sigterm_with_blocked_requests(
         [answer for answer, _ in answered],
         [at - signalled for _, at in answered],
         ledger,
+        sigterm_at,
         log,
         exit_code,
     )
 
 
-def assert_clean_exit(ledger: Ledger, log: str, exit_code: int | None, report: str) -> None:
-    """No 500 in the read load, no forced cancel, no traceback, a clean exit."""
+def assert_clean_exit(
+    ledger: Ledger, sigterm_at: float, log: str, exit_code: int | None, report: str
+) -> None:
+    """No 500 in the read load, no new work after SIGTERM, no forced cancel, a clean exit."""
     assert ledger.count(500) == 0, report
     # Reads in flight at SIGTERM are answered; afterwards the server refuses new
     # connections (no answer) or answers 503 on a connection still open.
     assert set(ledger.statuses) <= {200, 503, None}, report
+    # The app stops taking new work: a request started after the signal (and the
+    # moment the server takes to see it) is refused, or answered 503 with
+    # Retry-After; never served.
+    late = ledger.between(sigterm_at + NEW_WORK_REFUSED_S, float("inf"))
+    assert late, f"{report}\nno request started after SIGTERM: the check proved nothing"
+    served = [e for e in late if e.status is not None and (e.status != 503 or not e.retry_after)]
+    assert served == [], f"{report}\nstarted after SIGTERM and answered: {served[:5]}"
     assert "timeout graceful shutdown exceeded" not in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     # uvicorn re-raises SIGTERM after a graceful shutdown: -15 is a clean exit.
@@ -202,7 +215,7 @@ def no_app_sessions_left(database_url: str) -> list[str]:
 
 
 async def test_request_that_cannot_finish_is_answered_503(database_url: str) -> None:
-    answers, seconds, ledger, log, exit_code = await sigterm_with_blocked_requests(
+    answers, seconds, ledger, sigterm_at, log, exit_code = await sigterm_with_blocked_requests(
         database_url, release_after_s=None
     )
     report = (
@@ -218,12 +231,12 @@ async def test_request_that_cannot_finish_is_answered_503(database_url: str) -> 
         assert answer.json()["reason"] == "shutting_down", report
     # At the end of the grace period, well before uvicorn's cancel.
     assert all(GRACE_S - 0.2 <= s < SERVER_TIMEOUT_S - 1 for s in seconds), report
-    assert_clean_exit(ledger, log, exit_code, report)
+    assert_clean_exit(ledger, sigterm_at, log, exit_code, report)
     assert no_app_sessions_left(database_url) == [], report
 
 
 async def test_requests_in_flight_finish_within_the_grace_period(database_url: str) -> None:
-    answers, seconds, ledger, log, exit_code = await sigterm_with_blocked_requests(
+    answers, seconds, ledger, sigterm_at, log, exit_code = await sigterm_with_blocked_requests(
         database_url, release_after_s=0.5
     )
     report = (
@@ -235,5 +248,5 @@ async def test_requests_in_flight_finish_within_the_grace_period(database_url: s
     # other transaction's row went away with its rollback: 201 then) or 201 on SQLite.
     assert all(a.status_code in (200, 201, 409) for a in answers), report
     assert all(s < GRACE_S for s in seconds), report
-    assert_clean_exit(ledger, log, exit_code, report)
+    assert_clean_exit(ledger, sigterm_at, log, exit_code, report)
     assert no_app_sessions_left(database_url) == [], report
