@@ -187,3 +187,77 @@ async def test_checkin_closes_an_overflow_connection_and_keeps_the_others(
             assert database.pool_snapshot().connects_total == opened + 2
             await assert_pool_idle(database)
         assert bool(resets) == with_reset_listener
+
+
+async def test_a_default_it_cannot_compute_says_what_to_write(settings: DatabaseSettings) -> None:
+    """A default that reads its execution context: a misuse error, not a 500 of NotImplemented."""
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    from fastapi_dbpool.errors import DirectConnectionMisuse
+
+    metadata = MetaData()
+    table = Table(
+        "direct_context_defaults",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("a", Integer),
+        Column("twice", Integer, default=lambda context: 2 * context.get_current_parameters()["a"]),
+        Column("one", Integer, default=lambda: 1),  # no context: computed as before
+    )
+    async with Database(settings) as database:
+        async with database.engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+        try:
+            with pytest.raises(DirectConnectionMisuse) as misuse:
+                async with database.connection() as db:
+                    await db.all(insert(table).values(a=bindparam("a")), a=1)
+            message = str(misuse.value)
+            assert "'twice'" in message
+            assert ".values(twice=...)" in message and "server_default=" in message
+            async with database.connection() as db:  # given explicitly, it runs
+                await db.all(insert(table).values(a=1, twice=2))
+            async with database.connection(read_only=True) as db:
+                assert await db.all(select(table.c.a, table.c.twice, table.c.one)) == [
+                    {"a": 1, "twice": 2, "one": 1}
+                ]
+        finally:
+            async with database.engine.begin() as connection:
+                await connection.run_sync(metadata.drop_all)
+        await assert_pool_idle(database)
+
+
+async def test_onupdate_runs_on_update(settings: DatabaseSettings) -> None:
+    """An UPDATE gets the column's onupdate=, not its insert default (nor NULL)."""
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    metadata = MetaData()
+    table = Table(
+        "direct_onupdate",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("a", Integer),
+        Column("version", Integer, default=1, onupdate=lambda: 2),
+        Column("touched", Integer, onupdate=lambda: 3),
+    )
+    async with Database(settings) as database:
+        async with database.engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+        try:
+            async with database.connection() as db:
+                await db.all(insert(table).values(a=1))
+            async with database.connection(read_only=True) as db:
+                assert await db.one_or_none(select(table.c.version, table.c.touched)) == {
+                    "version": 1,
+                    "touched": None,
+                }
+            async with database.connection() as db:
+                await db.all(update(table).values(a=2))
+            async with database.connection(read_only=True) as db:
+                assert await db.one_or_none(select(table.c.version, table.c.touched)) == {
+                    "version": 2,
+                    "touched": 3,
+                }
+        finally:
+            async with database.engine.begin() as connection:
+                await connection.run_sync(metadata.drop_all)
+        await assert_pool_idle(database)

@@ -78,11 +78,14 @@ class _Plan:
         self.order = list(compiled.positiontup or ())
         binds = bind_processors(compiled)
         self.processors: list[Any] = [binds.get(name) for name in self.order]
-        # Python-side column defaults (``default=utcnow``) that SQLAlchemy would compute
-        # in its execution context; a bare compile leaves them to the caller.
+        # Python-side column defaults (``default=utcnow``, and ``onupdate=`` for an
+        # UPDATE) that SQLAlchemy would compute in its execution context; a bare compile
+        # leaves them to the caller.
+        prefetch = [(column, column.default) for column in compiled.insert_prefetch]
+        prefetch += [(column, column.onupdate) for column in compiled.update_prefetch]
         self.defaults = {
-            compiled.bind_names[compiled.binds[column.key]]: column.default
-            for column in (*compiled.insert_prefetch, *compiled.update_prefetch)
+            compiled.bind_names[compiled.binds[column.key]]: default
+            for column, default in prefetch
             if column.key in compiled.binds
         }
         self.keys = result_processors(compiled)
@@ -136,10 +139,28 @@ def _default_value(default: Any, name: str) -> Any:
     if getattr(default, "is_scalar", False):
         return default.arg
     if getattr(default, "is_callable", False):
-        return default.arg(None)
-    raise NotImplementedError(
-        f"column default of {name!r} ({type(default).__name__}) cannot run on a direct "
-        "connection; give the value explicitly or use a session"
+        # A default that takes no argument ignores the context; one that reads it
+        # (context.get_current_parameters()) meets _NoContext and gets the misuse error.
+        return default.arg(_NoContext(name))
+    raise _cannot_compute(name, f"a {type(default).__name__}")
+
+
+class _NoContext:
+    """The execution context a direct connection does not have, for column defaults."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        raise _cannot_compute(self._name, f"a function that reads its context ({attribute})")
+
+
+def _cannot_compute(name: str, what: str) -> DirectConnectionMisuse:
+    return DirectConnectionMisuse(
+        f"the default of column {name!r} is {what}, which only a session's execution "
+        f"can compute; a direct connection runs the compiled statement alone. Give the "
+        f"value in the statement (.values({name}=...)), compute it in the database "
+        "(server_default=), or run this statement through SessionDep"
     )
 
 
@@ -223,7 +244,7 @@ class DirectConnection:
         self._gated: object | None = None
         # PostgreSQL: what opens a transaction, None for reads that need none. Behind
         # PgBouncer the statement deadline is SET LOCAL in each transaction (see
-        # _postgres.py), so reads then run in one too: BEGIN and SET LOCAL go in a
+        # postgres/options.py), so reads then run in one too: BEGIN and SET LOCAL go in a
         # single simple-query round trip, the ROLLBACK in another.
         local = local_statement_timeout(database.settings)
         if read_only:

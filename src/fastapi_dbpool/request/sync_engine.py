@@ -196,7 +196,7 @@ def _engine_options(settings: DatabaseSettings, name: str) -> dict[str, Any]:
         if settings.pgbouncer:
             # Behind PgBouncer in transaction mode: no server-side prepared statements
             # (psycopg names them per connection), and the deadline is SET LOCAL in
-            # each transaction, a startup parameter being refused (see _postgres.py).
+            # each transaction, a startup parameter being refused (see postgres/options.py).
             connect_args["prepare_threshold"] = None
         elif settings.statement_timeout_ms:
             connect_args["options"] = f"-c statement_timeout={settings.statement_timeout_ms}"
