@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import re
 import subprocess
 import sys
 import typing
+
+import pydantic
+import pytest
 
 import fastapi_dbpool
 from fastapi_dbpool import errors
@@ -36,12 +41,59 @@ def test_every_dependency_alias_is_function_scoped() -> None:
             assert depends.scope == "function", name
 
 
+def _documented_parameters(value: object) -> list[str]:
+    """The parameters a caller passes, which the docstring must name."""
+    if dataclasses.is_dataclass(value):
+        return [field.name for field in dataclasses.fields(value)]
+    if inspect.isclass(value):
+        if issubclass(value, BaseException | pydantic.BaseModel):
+            return []  # a message; settings documented field by field in the README table
+        if "__init__" not in vars(value):
+            return []
+        value = value.__init__
+    if not callable(value):
+        return []
+    parameters = inspect.signature(value).parameters.values()
+    return [
+        p.name
+        for p in parameters
+        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+# Handed out by ConnectionDep and Database.connection(), never built by the user.
+BUILT_BY_THE_LIBRARY = {"DirectConnection"}
+
+
 def test_every_exported_name_is_documented() -> None:
+    """Each name says what it does; one that takes arguments gives each (Args), its
+    units and defaults, and what it raises or returns, as the Google style has it."""
     for name in fastapi_dbpool.__all__:
         value = getattr(fastapi_dbpool, name)
         if typing.get_origin(value) is typing.Annotated:
             continue  # aliases are documented in the README table and their module
-        assert inspect.getdoc(value), name
+        doc = inspect.getdoc(value)
+        assert doc, name
+        parameters = [] if name in BUILT_BY_THE_LIBRARY else _documented_parameters(value)
+        if not parameters:
+            continue
+        assert len(doc) >= 200, f"{name}: a one-liner for something that takes arguments"
+        section = "Attributes:" if dataclasses.is_dataclass(value) else "Args:"
+        assert section in doc, f"{name}: no {section} section"
+        missing = [p for p in parameters if not re.search(rf"\b{re.escape(p)}\b", doc)]
+        assert not missing, f"{name}: parameters not documented: {missing}"
+        if inspect.isfunction(value):
+            returns = inspect.signature(value).return_annotation
+            if returns not in (None, "None", inspect.Signature.empty):
+                assert "Returns:" in doc, f"{name}: no Returns section"
+            assert "Raises:" in doc, f"{name}: no Raises section"
+
+
+def test_health_router_refuses_a_probe_timeout_that_is_not_positive() -> None:
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="probe_timeout"):
+            fastapi_dbpool.health_router(probe_timeout=bad)
+    assert fastapi_dbpool.health_router(probe_timeout=0.5).prefix == "/health"
 
 
 def test_every_error_derives_from_the_root() -> None:

@@ -166,7 +166,30 @@ async def check_readiness(
 
 
 def health_router(*, probe_timeout: float = DEFAULT_PROBE_TIMEOUT) -> APIRouter:
-    """Routes ``GET /health/live`` and ``GET /health/ready`` for the app's Database."""
+    """Make the routes ``GET /health/live`` and ``GET /health/ready`` for the app's Database.
+
+    ``/health/live`` checks nothing outside the process and always answers 200.
+    ``/health/ready`` runs ``SELECT 1`` on a connection of its own (never one of the
+    request pool), reads the pool's state and probes the replica if there is one; it
+    answers 200 when every required check passed and 503 otherwise, with each check's
+    outcome in the body. Include it with ``app.include_router(health_router())``
+    after :meth:`Database.install`.
+
+    Args:
+        probe_timeout: Seconds the readiness probe waits for ``SELECT 1`` before it
+            reports the database as down; default 1.0. The probe's connection is closed
+            in the background, so ``/health/ready`` answers within about this time.
+
+    Returns:
+        An ``APIRouter`` with prefix ``/health`` and tag ``health``.
+
+    Raises:
+        ValueError: *probe_timeout* is not a positive number of seconds.
+    """
+    if not probe_timeout > 0 or probe_timeout == float("inf"):
+        raise ValueError(
+            f"probe_timeout must be a positive number of seconds, not {probe_timeout!r}"
+        )
     router = APIRouter(prefix="/health", tags=["health"])
 
     @router.get("/live")

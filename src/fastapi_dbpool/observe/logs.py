@@ -123,6 +123,10 @@ def configure_logging(
 
     Returns:
         The handler, shared by every logger in *loggers*.
+
+    Raises:
+        SettingsError: *as_json* is None and ``DB_LOG_JSON`` is not a boolean
+            (``true``/``false``, ``1``/``0``); the message names the variable.
     """
     if as_json is None:
         as_json = ObservabilitySettings.from_env().log_json

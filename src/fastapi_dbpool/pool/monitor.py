@@ -33,7 +33,10 @@ class PoolSnapshot:
     """Pool state at one instant. Gauges are current values, ``*_total`` count since start.
 
     Attributes:
-        name: The pool's label, ``"primary"`` or ``"replica"``.
+        name: The pool's label in stats and metrics: the Database's name for its
+            async pool (``"primary"`` by default, ``"replica"`` for the replica's), with
+            ``-sync`` for the sync pool and ``-probe`` for the health probe's
+            (``"primary-sync"``, ``"primary-probe"``, ``"replica-sync"``...).
         size: Connections the pool keeps (``DB_POOL_SIZE``).
         max_overflow: Extra connections allowed under load (``DB_MAX_OVERFLOW``).
         checked_out: Connections in use now.
