@@ -9,7 +9,7 @@ recovers without a restart: afterwards every request is 2xx.
 
 The blackhole is bounded only with ``DB_STATEMENT_TIMEOUT_MS`` set: the driver then
 gives up DB_STATEMENT_TIMEOUT_MS + 1 s after a statement got no answer (see
-src/fastapi_dbpool/_no_answer.py and docs/reliability.md, "Deadline arithmetic").
+src/fastapi_dbpool/postgres/no_answer.py and docs/reliability.md, "Deadline arithmetic").
 
 Figures: ``.venv/bin/pytest tests/reliability/test_network.py -s``
 (``RELIABILITY_FULL=1``: 10 s of blackhole).

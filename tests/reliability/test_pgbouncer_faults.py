@@ -5,7 +5,8 @@ PgBouncer pools connections to the module's cluster. Its client connections (the
 pool) survive the server's restart: a query whose server connection died fails, and
 while the server is down PgBouncer holds queries waiting for a server connection, up
 to its ``query_wait_timeout`` (120 s by default). So what bounds a request here is
-``DB_STATEMENT_TIMEOUT_MS`` + 1 s, the driver's own deadline (see _no_answer.py).
+``DB_STATEMENT_TIMEOUT_MS`` + 1 s, the driver's own deadline (see
+src/fastapi_dbpool/postgres/no_answer.py).
 
 What must hold: no 500; every request answered within its deadline (2xx or 503);
 after the server's return (PgBouncer retries a failed server login after
