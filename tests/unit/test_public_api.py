@@ -120,3 +120,19 @@ def test_importing_the_library_leaves_the_cli_out() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_sqlalchemy_floor_is_a_version_the_suite_ran_on() -> None:
+    """pyproject's lower bound is the 2.0 release _compat.py says it was checked on."""
+    import tomllib
+    from pathlib import Path
+
+    from fastapi_dbpool import _compat
+
+    root = Path(__file__).resolve().parents[2]
+    dependencies = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    (spec,) = [d for d in dependencies if d.startswith("sqlalchemy")]
+    floor = re.search(r">=([\d.]+)", spec)
+    checked = re.search(r"Checked on SQLAlchemy (2\.0\.\d+)", _compat.__doc__ or "")
+    assert floor and checked, (spec, _compat.__doc__)
+    assert floor.group(1) == checked.group(1), spec
