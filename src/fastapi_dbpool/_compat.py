@@ -1,11 +1,12 @@
 """Every use of a SQLAlchemy private API, in one place, with the versions it was checked on.
 
-fastapi_dbpool supports SQLAlchemy 2.0 (from 2.0.58, the oldest release the suite ran on)
-and 2.1; ``pyproject.toml`` says ``>=2.0.58,<2.2``. Where it needs more than the public API (running a coroutine from the pool's
-greenlet, the queue pool's checkout and return hooks, a compiled statement's
-processors), it goes through this module, so that a new SQLAlchemy release is checked
-here and nowhere else: ``make test`` runs on the newest 2.1, ``make test-sa20`` on the
-newest 2.0. Each entry says what it touches and where it was checked.
+fastapi_dbpool supports SQLAlchemy 2.0 (from 2.0.58, the oldest release the suite ran
+on) and 2.1; ``pyproject.toml`` says ``>=2.0.58,<2.2``. Where it needs more than the
+public API (running a coroutine from the pool's greenlet, the queue pool's checkout and
+return hooks, a compiled statement's processors), it goes through this module, so that
+a new SQLAlchemy release is checked here and nowhere else: ``make test`` runs on the
+newest 2.1, ``make test-sa20`` on the newest 2.0. Each entry says what it touches and
+where it was checked.
 
 Checked on SQLAlchemy 2.0.58 and 2.1.9 (the CI's two lines: ``make test-sa20`` and
 ``make test``).
