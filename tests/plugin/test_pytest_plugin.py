@@ -159,5 +159,7 @@ def test_plugin_loads_without_pytest_asyncio_and_httpx(pytester: pytest.Pytester
     # The plugin loaded (no "ImportError while loading plugin"), the unrelated test
     # passed, and only the test that asks for the client fails, saying what to install.
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["*dbpool_client fixture needs pytest-asyncio*pip install 'fastapi-dbpool[[]pytest[]]'*"])
+    result.stdout.fnmatch_lines(
+        ["*dbpool_client fixture needs pytest-asyncio*pip install 'fastapi-dbpool[[]pytest[]]'*"]
+    )
     result.stdout.no_fnmatch_line("*ImportError while loading*")

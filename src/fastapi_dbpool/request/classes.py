@@ -6,8 +6,9 @@ and the app's models are SQLModel models (when the database starts, ``sqlmodel``
 imported and every mapped table is in ``SQLModel.metadata``), SQLModel's sessions are
 used, so that ``.exec()`` works on every session dependency; otherwise SQLAlchemy's.
 A process that maps SQLAlchemy and SQLModel classes side by side gets SQLAlchemy's:
-name the classes there. SQLModel's classes subclass SQLAlchemy's, so nothing else
-changes.
+name the classes there (an app on the aliases of :mod:`fastapi_dbpool.sqlmodel` that
+does not fails at start, see :mod:`.routes`). SQLModel's classes subclass SQLAlchemy's,
+so nothing else changes.
 """
 
 from __future__ import annotations
