@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
+
 from fastapi_dbpool import Database
 from fastapi_dbpool.errors import classify
 
