@@ -44,9 +44,8 @@ from tests.backends import libpq_url
 
 __all__ = ["NOTHING_WRITTEN_CODES", "READS_AND_WRITES", "Entry", "Ledger", "Load", "seed_users"]
 
-# Operation -> weight. Reads by id on a direct connection and through a session,
-# writes as one committed statement (POST /users) and as a session's transaction
-# (PATCH /users/{id}: a read, then an UPDATE, committed before the answer).
+# Operation -> weight. A read by id on a direct connection, a list through a session;
+# writes as one committed statement each (POST /users, PATCH /users/{id}).
 READS_AND_WRITES = {"get_user": 4, "list_users": 1, "create_user": 3, "rename_user": 1}
 
 # Codes of a 503 (fastapi_dbpool.errors) that prove the statement never reached the

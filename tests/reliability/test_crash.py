@@ -25,7 +25,7 @@ from tests.servers import USERS_API, uvicorn_server
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.slow]
 
-# Mostly writes: single-statement creates (autocommit) and session transactions.
+# Mostly writes: creates and renames, each one statement committed on its own.
 WRITES = {"create_user": 6, "rename_user": 3, "get_user": 1}
 
 
