@@ -27,7 +27,7 @@ from rich.progress import (
 )
 
 from . import database
-from .loadgen import ENDPOINTS, Sample, run_wrk
+from .loadgen import ALL_ENDPOINTS, ENDPOINTS, SYNC_ENDPOINT, Sample, run_wrk
 from .servers import APPS, AppServer
 from .system import LOAD_CPU, describe_machine, ensure_wrk, pin_postgres
 
@@ -106,7 +106,10 @@ class Bench:
         scaling = 0
         if "postgresql" in c.backends:
             scaling = (
-                c.passes * 2 * len(c.concurrencies) + len(c.pool_sizes) + c.metrics_pairs * 2 * 2
+                c.passes * 2 * len(c.concurrencies)
+                + len(c.pool_sizes)
+                + c.metrics_pairs * 2 * 2
+                + c.passes * 2  # the sync suite
             )
         return per_pass * c.passes + scaling
 
@@ -136,7 +139,7 @@ class Bench:
     ) -> Sample:
         c = self.config
         conns = connections or c.connections
-        mode = ENDPOINTS[endpoint].mode
+        mode = ALL_ENDPOINTS[endpoint].mode
         name = server.spec.name + (f" {variant}" if variant else "")
         self.progress.update(
             self.task, description=f"{backend:<10} {name:<18} {endpoint:<13} c={conns}"
@@ -169,6 +172,7 @@ class Bench:
                 "connections": conns,
                 "pool_size": server.pool_size,
                 "pass": pass_no,
+                "rss_mb": server.rss_mb(),
                 **sample.as_dict(),
             }
         )
@@ -197,6 +201,21 @@ class Bench:
                     self.measure(
                         server, "get_user", suite="concurrency", backend="postgresql", url=url,
                         connections=conns, pass_no=pass_no,
+                    )  # fmt: skip
+
+    def sync_endpoints(self, url: str) -> None:
+        """users_api's sync ``def`` GET against the tutorial's ``get_db()`` with 100 threads."""
+        with ExitStack() as stack:
+            servers = []
+            for name in ("users_api", "tutorial_sync"):
+                server = self.start(name, url)
+                stack.callback(server.stop)
+                servers.append(server)
+            for pass_no in range(self.config.passes):
+                for server in servers if pass_no % 2 == 0 else servers[::-1]:
+                    self.measure(
+                        server, SYNC_ENDPOINT.key, suite="sync", backend="postgresql", url=url,
+                        pass_no=pass_no,
                     )  # fmt: skip
 
     def pool_sizes(self, url: str) -> None:
@@ -304,6 +323,7 @@ def execute(config: Config) -> Run:
                     bench.concurrency(url, [by_name["users_api"], by_name["raw"]])
                     by_name["users_api"].stop()
                     by_name["raw"].stop()
+                    bench.sync_endpoints(url)
                     bench.pool_sizes(url)
                     bench.metrics(url)
         progress.update(bench.task, description="done")

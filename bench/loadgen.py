@@ -28,6 +28,10 @@ ENDPOINTS = {
         Endpoint("process_item", "POST /items/{id}/process", "process_item"),
     )
 }
+# Sync ``def`` endpoints: users_api's against the tutorial's get_db() shape (bench.apps.
+# tutorial_sync); measured in a suite of their own, not by every app.
+SYNC_ENDPOINT = Endpoint("get_user_sync", "GET /users/{id}/sync", "get_user_sync")
+ALL_ENDPOINTS = {**ENDPOINTS, SYNC_ENDPOINT.key: SYNC_ENDPOINT}
 
 
 @dataclass

@@ -75,6 +75,21 @@ def targets(run: Run, points: dict[Any, dict[str, Any]]) -> list[dict[str, Any]]
     for backend in (pg, sq):
         versus(backend, "orm_dbpool", "orm", "get_user", 1.5)
 
+    sync = {
+        app: _find(points, "sync", pg, app, "get_user_sync")
+        for app in ("users_api", "tutorial_sync")
+    }
+    ours, theirs = sync["users_api"], sync["tutorial_sync"]
+    r = _ratio(ours and ours["rps"], theirs and theirs["rps"])
+    check(
+        "PostgreSQL sync GET, users_api vs tutorial get_db() (100 threads)",
+        r,
+        ">= 1.5x",
+        _ge(r, 1.5),
+    )
+    r = _ratio(ours and ours["p99_ms"], theirs and theirs["p99_ms"])
+    check("PostgreSQL sync GET p99, users_api vs tutorial get_db()", r, "<= 1x", _le(r, 1))
+
     sweep = [v for k, v in points.items() if k[0] == "concurrency" and k[2] == "users_api"]
     if sweep:
         peak = max(v["rps"] for v in sweep)
@@ -88,6 +103,20 @@ def targets(run: Run, points: dict[Any, dict[str, Any]]) -> list[dict[str, Any]]
             ">= 0.90 and 0 errors",
             ok,
         )
+        raw_top = [
+            v
+            for k, v in points.items()
+            if k[0] == "concurrency" and k[2] == "raw" and v["connections"] == top["connections"]
+        ]
+        if raw_top and top.get("rss_mb") and raw_top[0].get("rss_mb"):
+            r = top["rss_mb"] / raw_top[0]["rss_mb"]
+            check(
+                f"RSS of one worker at {top['connections']} connections, users_api vs raw "
+                f"({top['rss_mb']:.0f} vs {raw_top[0]['rss_mb']:.0f} MiB)",
+                r,
+                "<= 1.5x",
+                _le(r, 1.5),
+            )
     for endpoint in ("get_user", "post_user"):
         cost = metrics_cost(run.records, endpoint)
         if cost is not None:

@@ -42,6 +42,11 @@ APPS = {
         AppSpec("orm", "bench.apps.orm_async:app", "SQLAlchemy async ORM"),
         AppSpec("orm_dbpool", "bench.apps.orm_dbpool:app", "the ORM app's handlers on SessionDep"),
         AppSpec("tutorial", "bench.apps.tutorial:app", "tutorial (sync session in async def)"),
+        AppSpec(
+            "tutorial_sync",
+            "bench.apps.tutorial_sync:app",
+            "tutorial's def endpoints and get_db(), 100 threads",
+        ),
         AppSpec("nodb", "bench.apps.nodb:app", "no database", uses_database=False),
     )
 }
@@ -119,6 +124,15 @@ class AppServer:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"{self.spec.name} did not answer {probe} within {timeout:g} s")
+
+    def rss_mb(self) -> float | None:
+        """The server process's resident memory now, in MiB (None once it has exited)."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return None
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -7,6 +7,7 @@
 --                         header=Name: value (repeatable); a body gets a JSON content type
 --                         unless a Content-Type header is given
 --   mode=get_user         GET /users/<random id in 1..max_id>
+--   mode=get_user_sync    GET /users/<random id in 1..max_id>/sync (users_api's def endpoint)
 --   mode=list_items       GET /items?owner_id=<random id in 1..max_id>
 --   mode=post_user        POST /users, a unique email per request
 --   mode=process_item     POST /items/<id>/process, ids in turn from first_id, wrapping at max_id
@@ -75,8 +76,8 @@ function init(args)
          headers["Content-Type"] = "application/json"
       end
       fixed = wrk.format(options.method, wrk.path, headers, body)
-   elseif mode ~= "get_user" and mode ~= "list_items" and mode ~= "post_user"
-      and mode ~= "process_item" then
+   elseif mode ~= "get_user" and mode ~= "get_user_sync" and mode ~= "list_items"
+      and mode ~= "post_user" and mode ~= "process_item" then
       fail("unknown mode '" .. mode .. "'")
    end
    -- A per-thread, per-run tag keeps emails unique across threads and runs.
@@ -92,6 +93,8 @@ function request()
       return fixed
    elseif mode == "get_user" then
       return wrk.format("GET", "/users/" .. math.random(1, max_id))
+   elseif mode == "get_user_sync" then
+      return wrk.format("GET", "/users/" .. math.random(1, max_id) .. "/sync")
    elseif mode == "list_items" then
       return wrk.format("GET", "/items?owner_id=" .. math.random(1, max_id))
    elseif mode == "post_user" then

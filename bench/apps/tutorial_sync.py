@@ -1,0 +1,76 @@
+"""The tutorial's sync shape done as its authors meant it: ``def`` endpoints and ``get_db()``.
+
+A sync engine, ``sessionmaker``, a sync ``get_db()`` generator dependency and ``def`` path
+operations, which FastAPI runs in its threadpool. With 40 threads (FastAPI's default) this
+shape deadlocks once clients outnumber threads plus connections (FastAPI issue #3205), so
+the threadpool gets 100 threads here: the comparison is with the tutorial at its best.
+users_api's ``GET /users/{id}/sync`` (``SyncReadSessionDep``) is measured against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import Depends, FastAPI, HTTPException
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from .common import DATABASE_URL, IS_SQLITE, POOL_SIZE, UserOut, freeze_startup_heap
+from .models import User
+
+THREADS = 100
+
+if IS_SQLITE:
+    engine = create_engine(
+        DATABASE_URL,
+        connect_args={"check_same_thread": False},
+        pool_size=POOL_SIZE,
+        max_overflow=0,
+    )
+else:
+    engine = create_engine(
+        "postgresql+psycopg://" + DATABASE_URL.split("://", 1)[1],
+        pool_size=POOL_SIZE,
+        max_overflow=0,
+    )
+SessionLocal = sessionmaker(autocommit=False, autoflush=False, bind=engine)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+    yield
+
+
+app = freeze_startup_heap(FastAPI(lifespan=lifespan))
+
+
+def get_db() -> Iterator[Session]:
+    db = SessionLocal()
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+DbDep = Annotated[Session, Depends(get_db)]
+
+
+def _user(db: Session, user_id: int) -> Any:
+    user = db.get(User, user_id)
+    if user is None:
+        raise HTTPException(404, "user not found")
+    return user
+
+
+@app.get("/users/{user_id}", response_model=UserOut)
+def get_user(user_id: int, db: DbDep) -> Any:
+    return _user(db, user_id)
+
+
+@app.get("/users/{user_id}/sync", response_model=UserOut)
+def get_user_sync(user_id: int, db: DbDep) -> Any:
+    return _user(db, user_id)
