@@ -28,11 +28,10 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .models import ITEM_STATUSES
 
-__all__ = ["ItemMetrics", "RefreshStatusBeforeScrape"]
+__all__ = ["ItemMetrics", "StatusRefresher"]
 
 logger = logging.getLogger("users_api.worker")
 
@@ -99,30 +98,27 @@ class ItemMetrics:
             registry.register(self.status)
 
 
-class RefreshStatusBeforeScrape:
-    """ASGI middleware: read the status counts just before ``GET <path>`` is answered.
+class StatusRefresher:
+    """Read the status counts for a scrape (``Metrics.before_scrape``).
 
     Prometheus collectors are synchronous and the scrape runs on the event loop, so
-    the database cannot be read from inside one; this reads it, asynchronously, on the
-    way in. At most one read a second, whoever asks (the metrics token is checked
-    after); none while *can_read* says no (the pool has no free connection: metrics
-    must not compete with requests), when the last counts are shown again; none
-    longer than *timeout* seconds, after which the gauge is left out of that scrape.
+    the database cannot be read from inside one; this reads it, asynchronously, just
+    before the scrape renders (after its token check). At most one read a second,
+    however often it is asked; none while *can_read* says no (the pool has no free
+    connection: metrics must not compete with requests), when the last counts are
+    shown again; none longer than *timeout* seconds, after which the gauge is left
+    out of that scrape.
     """
 
     def __init__(
         self,
-        app: ASGIApp,
         *,
-        path: str,
         metrics: ItemMetrics,
         read: Callable[[], Awaitable[dict[str, int]]],
         can_read: Callable[[], bool] = lambda: True,
         timeout: float = 1.0,
         min_interval: float = 1.0,
     ) -> None:
-        self.app = app
-        self.path = path
         self.metrics = metrics
         self.read = read
         self.can_read = can_read
@@ -131,11 +127,9 @@ class RefreshStatusBeforeScrape:
         self._last = -float("inf")
         self._lock = asyncio.Lock()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Refresh the counts on a request for *path*, then pass every request on."""
-        if scope["type"] == "http" and scope["path"] == self.path:
-            await self._refresh()
-        await self.app(scope, receive, send)
+    async def __call__(self) -> None:
+        """Refresh the counts, unless they were read within *min_interval* seconds."""
+        await self._refresh()
 
     async def _refresh(self) -> None:
         async with self._lock:

@@ -18,7 +18,7 @@ from fastapi_dbpool import (
 
 from . import item_queue
 from .config import database_settings, json_logs
-from .item_metrics import ItemMetrics, RefreshStatusBeforeScrape
+from .item_metrics import ItemMetrics, StatusRefresher
 from .routes import items, users
 from .settings import ItemSettings
 from .worker import ItemWorkers, has_free_connection
@@ -82,13 +82,13 @@ def create_app(
         multiprocess=metrics is not None and metrics.multiprocess_dir is not None,
     )
     if metrics is not None:
-        app.add_middleware(
-            RefreshStatusBeforeScrape,
-            path="/metrics",
-            metrics=item_metrics,
-            read=lambda: item_queue.count_by_status(database),
-            # Never take a connection a request is waiting for: keep the last counts.
-            can_read=lambda: has_free_connection(database),
+        metrics.before_scrape(
+            StatusRefresher(
+                metrics=item_metrics,
+                read=lambda: item_queue.count_by_status(database),
+                # Never take a connection a request is waiting for: keep the last counts.
+                can_read=lambda: has_free_connection(database),
+            )
         )
     app.state.item_workers = ItemWorkers(database, item_settings, item_metrics)
     if json_logs():  # DB_LOG_JSON: one JSON object a line; otherwise the server's logging

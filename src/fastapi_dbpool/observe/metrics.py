@@ -22,9 +22,10 @@ over the live workers (``livesum``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from ..database import Database
 
 __all__ = ["Metrics", "PoolCollector", "databases_of"]
+
+logger = logging.getLogger("fastapi_dbpool")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -215,6 +218,7 @@ class Metrics:
         )
         # Label children by label values: .labels() takes a lock and builds a key on
         # every call, a dict lookup does not.
+        self._before_scrape: list[Callable[[], Awaitable[None]]] = []
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._shared: _SharedPoolMetrics | None = None
         if self.multiprocess_dir:
@@ -241,6 +245,23 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def before_scrape(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Await *refresh* before each ``GET /metrics`` renders, in the scrape's request.
+
+        For gauges of the app's own that are read from the database when Prometheus
+        asks, rather than kept up to date on every change. It costs nothing per request:
+        only the scrape runs it. *refresh* should bound its own time and keep its last
+        values when it cannot read; an error it raises is logged and the scrape goes on.
+        """
+        self._before_scrape.append(refresh)
+
+    async def _refresh(self) -> None:
+        for refresh in self._before_scrape:
+            try:
+                await refresh()
+            except Exception:
+                logger.warning("a before-scrape refresh failed", exc_info=True)
 
     def publish(self) -> None:
         """In multiprocess mode, copy this process's pool state to the shared files."""
@@ -286,6 +307,7 @@ class Metrics:
 
         @router.get(path, include_in_schema=False, dependencies=[Depends(guard)])
         async def metrics(request: Request) -> Response:
+            await self._refresh()
             accept = request.headers.get("accept")
             if self.multiprocess_dir:
                 # Reads one file per process and metric type: keep it off the loop.
