@@ -329,6 +329,18 @@ class DatabaseSettings(BaseSettings):
         validation_alias=_env("DB_STATEMENT_TIMEOUT_MS", "statement_timeout_ms"),
         description="Server-side statement_timeout on PostgreSQL; 0 = off.",
     )
+    no_answer_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=24 * 3600,
+        validation_alias=_env("DB_NO_ANSWER_TIMEOUT_S", "no_answer_timeout_s"),
+        description=(
+            "PostgreSQL: seconds the driver waits for any answer to a statement when "
+            "DB_STATEMENT_TIMEOUT_MS is 0 (with it set: DB_STATEMENT_TIMEOUT_MS + 1 s); "
+            "past it the connection is discarded and the request answered 503. A statement "
+            "silent for longer is abandoned too. 0 = off: wait for TCP to give up."
+        ),
+    )
     connect_timeout: float = Field(
         default=5.0,
         gt=0,

@@ -25,6 +25,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "DB_POOL_PRE_PING",
         "DB_ECHO",
         "DB_STATEMENT_TIMEOUT_MS",
+        "DB_NO_ANSWER_TIMEOUT_S",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -41,6 +42,7 @@ def test_defaults() -> None:
     assert settings.sqlalchemy_url.database == "./app.db"
     assert settings.pool_pre_ping is True
     assert settings.statement_timeout_ms == 0
+    assert settings.no_answer_timeout_s == 30.0
 
 
 def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,10 +54,12 @@ def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DB_POOL_PRE_PING", "false")
     monkeypatch.setenv("DB_ECHO", "1")
     monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "1500")
+    monkeypatch.setenv("DB_NO_ANSWER_TIMEOUT_S", "2.5")
     settings = DatabaseSettings.from_env()
     assert (settings.pool_size, settings.max_overflow, settings.pool_timeout) == (7, 3, 2.5)
     assert (settings.pool_recycle, settings.pool_pre_ping, settings.echo) == (60, False, True)
     assert settings.statement_timeout_ms == 1500
+    assert settings.no_answer_timeout_s == 2.5
     assert settings.backend == "postgresql"
 
 
@@ -108,6 +112,9 @@ def test_libpq_sslmode_is_translated_for_asyncpg() -> None:
         ("DB_POOL_TIMEOUT", "0"),
         ("DB_POOL_PRE_PING", "maybe"),
         ("DB_STATEMENT_TIMEOUT_MS", "-5"),
+        ("DB_NO_ANSWER_TIMEOUT_S", "-1"),
+        ("DB_NO_ANSWER_TIMEOUT_S", "soon"),
+        ("DB_NO_ANSWER_TIMEOUT_S", "100000"),
         ("DATABASE_URL", "mysql://u@h/db"),
         ("DATABASE_URL", "not a url"),
         ("DATABASE_URL", "sqlite:///:memory:"),

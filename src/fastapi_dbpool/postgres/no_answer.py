@@ -3,14 +3,22 @@
 ``statement_timeout`` is enforced by the server: it cannot help when the server never
 sees the statement, or its answer never arrives (a black-holed network, a frozen host,
 a partition that drops packets without a reset). The request would then wait for TCP
-to give up, which takes minutes.
+to give up, which takes about 15 minutes on Linux.
 
-So with ``DB_STATEMENT_TIMEOUT_MS`` set, asyncpg gets a ``command_timeout`` of that
-plus :data:`MARGIN_S`: a statement that ran too long is still cancelled by the server
-first (503 ``statement_timeout``, connection kept), and the client's deadline fires only
-when no answer came at all. Its ``TimeoutError`` says nothing about the connection's
-state, so the connection is discarded (with the rest of the pool, as for any
-disconnect) and the request answered 503 like a statement timeout.
+So asyncpg always gets a ``command_timeout`` (unless turned off):
+
+* with ``DB_STATEMENT_TIMEOUT_MS`` set, that plus :data:`MARGIN_S`: a statement that ran
+  too long is still cancelled by the server first (503 ``statement_timeout``, connection
+  kept), and the client's deadline fires only when no answer came at all;
+* without it, ``DB_NO_ANSWER_TIMEOUT_S`` (30 s by default; 0 turns the deadline off).
+  The client cannot tell silence from a statement still running, so this is also the
+  longest a statement may run: set it above your slowest statement, or above a
+  ``statement_timeout`` set on the role or the server.
+
+The deadline's ``TimeoutError`` says nothing about the connection's state, so the
+connection is discarded (with the rest of the pool, as for any disconnect) and the
+request answered 503 ``statement_timeout`` with ``Retry-After``: the statement may have
+run, as when the server cancels it.
 """
 
 from __future__ import annotations
@@ -31,10 +39,20 @@ MARGIN_S = 1.0
 
 
 def command_timeout(settings: DatabaseSettings) -> float | None:
-    """Seconds asyncpg waits for any answer, or None without DB_STATEMENT_TIMEOUT_MS."""
-    if not settings.statement_timeout_ms:
-        return None
-    return settings.statement_timeout_ms / 1000 + MARGIN_S
+    """Seconds asyncpg waits for any answer to a statement; None when turned off.
+
+    ``DB_STATEMENT_TIMEOUT_MS`` + :data:`MARGIN_S` when a statement timeout is set,
+    else ``DB_NO_ANSWER_TIMEOUT_S`` (None when 0).
+    """
+    if settings.statement_timeout_ms:
+        return settings.statement_timeout_ms / 1000 + MARGIN_S
+    return settings.no_answer_timeout_s or None
+
+
+def _source(settings: DatabaseSettings) -> str:
+    if settings.statement_timeout_ms:
+        return "DB_STATEMENT_TIMEOUT_MS + 1 s"
+    return "DB_NO_ANSWER_TIMEOUT_S"
 
 
 def is_no_answer(error: BaseException) -> bool:
@@ -46,8 +64,8 @@ def no_answer_error(settings: DatabaseSettings) -> StatementTimeout:
     """The error a request gets when the server did not answer within the deadline."""
     return StatementTimeout(
         f"no answer from the database within {command_timeout(settings) or 0:g} s "
-        "(DB_STATEMENT_TIMEOUT_MS + 1 s): the network or the server is gone; "
-        "the connection was discarded"
+        f"({_source(settings)}): the network or the server is gone, or the statement "
+        "ran longer; the connection was discarded"
     )
 
 
