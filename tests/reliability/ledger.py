@@ -48,14 +48,16 @@ __all__ = ["NOTHING_WRITTEN_CODES", "READS_AND_WRITES", "Entry", "Ledger", "Load
 # writes as one committed statement each (POST /users, PATCH /users/{id}).
 READS_AND_WRITES = {"get_user": 4, "list_users": 1, "create_user": 3, "rename_user": 1}
 
-# Codes of a 503 (fastapi_dbpool.errors) that prove the statement never reached the
-# server: no connection could be opened (connect_failed; cannot_connect_now, the server
-# still starting) or taken from the pool (pool_exhausted, too_many_waiting). A 503 of
-# any other code (connection_lost, admin_shutdown, crash_shutdown, statement_timeout,
-# and the shutdown guard's, whose body cannot tell a request refused on arrival from
-# one cut at the end of the grace period) leaves the outcome unknown.
+# Codes of a 503 that prove the statement never reached the server: no connection could
+# be opened (connect_failed; cannot_connect_now, the server still starting) or taken from
+# the pool (pool_exhausted, too_many_waiting) (fastapi_dbpool.errors), or the shutdown
+# guard refused the request before the app saw it (shutting_down,
+# fastapi_dbpool.request.shutdown). A 503 of any other code leaves the outcome unknown:
+# connection_lost, admin_shutdown, crash_shutdown and statement_timeout came while a
+# statement or its COMMIT was in flight; the guard's shutdown_grace_expired cut a
+# request that was running, maybe just after its COMMIT.
 NOTHING_WRITTEN_CODES = frozenset(
-    {"connect_failed", "cannot_connect_now", "pool_exhausted", "too_many_waiting"}
+    {"connect_failed", "cannot_connect_now", "pool_exhausted", "too_many_waiting", "shutting_down"}
 )
 
 

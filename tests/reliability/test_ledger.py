@@ -28,7 +28,11 @@ def create(status: int | None, code: str | None = None, reason: str | None = Non
         (create(503, "admin_shutdown", "database_unavailable"), True),
         (create(503, "crash_shutdown", "database_unavailable"), True),
         (create(503, "statement_timeout", "statement_timeout"), True),
-        # The shutdown guard's 503: refused on arrival or cut at the grace's end.
+        # The shutdown guard's 503s: refused on arrival (the app never saw it), or cut
+        # at the end of the grace period while it ran (it may have committed).
+        (create(503, "shutting_down", "shutting_down"), False),
+        (create(503, "shutdown_grace_expired", "shutting_down"), True),
+        # A body without a code proves nothing.
         (create(503, None, "shutting_down"), True),
     ],
 )

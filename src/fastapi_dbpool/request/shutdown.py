@@ -14,9 +14,13 @@ uvicorn's), it gives each request in flight until ``SHUTDOWN_GRACE_S`` after the
 * a request that finishes in time is answered as usual;
 * one that does not is cancelled (its transaction rolled back, its connection
   discarded, as for any cancelled request) and answered 503 with ``Retry-After`` and
-  ``Connection: close``, so the client retries elsewhere;
-* a request that arrives after the signal on a connection still open is answered the
-  same 503 at once.
+  ``Connection: close``, so the client retries elsewhere; its ``code`` is
+  ``shutdown_grace_expired``: it was running, so a write may have committed;
+* a request that arrives after the signal on a connection still open is answered 503
+  at once, ``code`` ``shutting_down``: the app never saw it, nothing ran.
+
+Both bodies have the shape of every error answer (``detail``, ``code``, ``reason``
+``shutting_down``: :class:`~fastapi_dbpool.errors.ErrorBody`).
 
 For this to come before the server's own cancel, ``SHUTDOWN_GRACE_S`` must be shorter
 than the server's timeout (uvicorn ``--timeout-graceful-shutdown``; ``make run`` sets
@@ -47,15 +51,34 @@ __all__ = ["ShutdownGuard", "ShutdownSettings", "install_shutdown_guard"]
 logger = logging.getLogger("fastapi_dbpool")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_BODY = json.dumps(
-    {"detail": "The server is shutting down; retry shortly.", "reason": "shutting_down"}
-).encode()
-_HEADERS = [
-    (b"content-type", b"application/json"),
-    (b"content-length", str(len(_BODY)).encode()),
-    (b"retry-after", b"1"),
-    (b"connection", b"close"),
-]
+
+# The body of every error answer ({"detail", "code", "reason"}: errors.ErrorBody), with
+# a code that says whether the request ran. A request refused on arrival never reached
+# the app: nothing it would have done happened. One cut at the end of the grace period
+# was running (a write may have committed just before the cut): its outcome is unknown.
+REFUSED = "shutting_down"
+CUT = "shutdown_grace_expired"
+_DETAILS = {
+    REFUSED: "The server is shutting down and did not start this request; retry it.",
+    CUT: (
+        "The server shut down before this request finished (SHUTDOWN_GRACE_S); "
+        "it may or may not have taken effect."
+    ),
+}
+
+
+def _answer(code: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    body = json.dumps({"detail": _DETAILS[code], "code": code, "reason": "shutting_down"})
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+    return headers, body.encode()
+
+
+_ANSWERS = {code: _answer(code) for code in _DETAILS}
 
 
 class ShutdownSettings(BaseSettings):
@@ -134,7 +157,7 @@ class ShutdownGuard:
         for request in self._in_flight:
             if not request.started and not request.refused:
                 request.refused = True
-                task = request.answer = asyncio.ensure_future(_refuse(request.send))
+                task = request.answer = asyncio.ensure_future(_refuse(request.send, CUT))
                 self._answers.add(task)
                 task.add_done_callback(self._answers.discard)
 
@@ -147,7 +170,7 @@ class ShutdownGuard:
                 await app(scope, receive, send)
                 return
             if guard.deadline is not None:
-                await _refuse(send)
+                await _refuse(send, REFUSED)  # before the app: nothing ran
                 return
             # No deadline until shutdown begins; then begin() reschedules it.
             timeout = asyncio.timeout(None)
@@ -225,9 +248,10 @@ class ShutdownGuard:
         return undo
 
 
-async def _refuse(send: Send) -> None:
-    await send({"type": "http.response.start", "status": 503, "headers": _HEADERS})
-    await send({"type": "http.response.body", "body": _BODY})
+async def _refuse(send: Send, code: str) -> None:
+    headers, body = _ANSWERS[code]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def install_shutdown_guard(app: Any, settings: ShutdownSettings | None = None) -> ShutdownGuard:
