@@ -152,6 +152,24 @@ def endpoint_context(conn: HTTPConnection) -> Iterator[None]:
         undo()
 
 
+def _is_framework(code: CodeType) -> bool:
+    """True for FastAPI's and Starlette's functions that call into the application."""
+    return code.co_name in _FRAMEWORK_CALLERS and (
+        f"{os.sep}fastapi{os.sep}" in code.co_filename
+        or f"{os.sep}starlette{os.sep}" in code.co_filename
+    )
+
+
+# The functions through which FastAPI and Starlette run an endpoint or a dependency.
+_FRAMEWORK_CALLERS = frozenset(
+    {"run_endpoint_function", "solve_dependencies", "run_in_threadpool", "app", "handle"}
+)
+
+
+# Whether a code object is one of them, decided once per code object.
+_is_framework_code: dict[CodeType, bool] = {}
+
+
 def _is_application(frame: FrameType) -> bool:
     module = frame.f_globals.get("__name__") or ""
     if module.partition(".")[0] in _INFRASTRUCTURE:
@@ -181,6 +199,15 @@ def capture_frames(frame: FrameType | None) -> Frames:
                 keep = _is_app_code[code] = _is_application(frame)
             if keep:
                 found.append((code, frame.f_lineno))
+            elif found:
+                framework = _is_framework_code.get(code)
+                if framework is None:
+                    framework = _is_framework_code[code] = _is_framework(code)
+                if framework:
+                    # Past the web framework's call into the application: further out
+                    # are middleware and the server, and the endpoint is reported
+                    # anyway. Stopping here skips most of a request's stack.
+                    return tuple(found)
             frame = frame.f_back
         glet = glet.parent
         if glet is None or len(found) >= MAX_FRAMES:
