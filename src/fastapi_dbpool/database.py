@@ -214,7 +214,7 @@ class Database:
                 engine.sync_engine.pool, settings.pool_pre_ping_idle_s, engine.dialect.do_ping
             )
         if settings.backend == "sqlite":
-            gate = self.write_gate = WriteGate(timeout=settings.pool_timeout)
+            gate = self.write_gate = WriteGate(settings.pool_timeout, self.monitor)
             self.monitor.count_writers_waiting = lambda: gate.waiting
             configure_sqlite(engine.sync_engine, gate, settings.sqlite_busy_timeout_ms)
             install_statement_guard(engine.sync_engine, settings.statement_timeout_ms)

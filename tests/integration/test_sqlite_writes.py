@@ -6,6 +6,9 @@ SQLite-only by nature: PostgreSQL has row locks and needs no write gate.
 from __future__ import annotations
 
 import asyncio
+import re
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from fastapi_dbpool import Database, DatabaseSettings
-from fastapi_dbpool.errors import PoolTimeout
+from fastapi_dbpool.errors import PoolTimeout, TooManyWaiting
 from fastapi_dbpool.testing import assert_pool_idle
 
 WRITERS = 50
@@ -136,6 +139,62 @@ async def test_write_inside_a_write_with_one_connection_times_out_instead_of_han
             async with database.session() as inner:  # needs a second connection: none left
                 await inner.execute(text("INSERT INTO log (n) VALUES (2)"))
     assert loop.time() - started < 5
+
+
+# The pools' timeout message, which waiting for the write gate gives too.
+BUSY_MESSAGE = r"^database busy: .* within 0\.30 s \(DB_POOL_TIMEOUT\)"
+
+
+async def test_gate_timeout_counts_in_the_pool_with_its_message(db_factory) -> None:
+    database = await db_factory(pool_size=3, max_overflow=0, pool_timeout=0.3)
+    before = database.pool_snapshot().timeouts_total
+    async with database.session() as holder:
+        await holder.execute(text("INSERT INTO log (n) VALUES (1)"))
+        with pytest.raises(PoolTimeout, match=BUSY_MESSAGE) as waited:
+            async with database.session() as other:
+                await other.execute(text("INSERT INTO log (n) VALUES (2)"))
+    assert "write lock" in str(waited.value)
+    assert database.pool_snapshot().timeouts_total == before + 1
+
+
+def test_thread_writers_are_shed_and_time_out_like_the_pool(tmp_path: Path) -> None:
+    """No event loop (``with database:``): threads queue for the gate under the sync pool's
+    DB_MAX_WAITING, counters and message."""
+    settings = DatabaseSettings(
+        url=f"sqlite:///{tmp_path / 't.db'}",
+        pool_size=3,
+        max_overflow=0,
+        pool_timeout=0.3,
+        max_waiting=1,
+    )
+    with Database(settings) as database:
+        sync = database.sync
+        with sync.session() as session:
+            session.execute(text("CREATE TABLE log (id INTEGER PRIMARY KEY, n INTEGER)"))
+        errors: list[BaseException] = []
+
+        def write(n: int) -> None:
+            try:
+                with sync.session() as session:
+                    session.execute(text("INSERT INTO log (n) VALUES (:n)"), {"n": n})
+            except BaseException as error:
+                errors.append(error)
+
+        with sync.session() as holder:
+            holder.execute(text("INSERT INTO log (n) VALUES (0)"))  # holds the gate
+            waiter = threading.Thread(target=write, args=(1,))
+            waiter.start()
+            deadline = time.monotonic() + 5
+            while sync.monitor.waiting < 1:  # the waiter is queued for the gate
+                assert time.monotonic() < deadline, "the writer never queued"
+                time.sleep(0.005)
+            write(2)  # beyond DB_MAX_WAITING: shed at once
+            waiter.join(timeout=5)
+        assert [type(error) for error in errors] == [TooManyWaiting, PoolTimeout]
+        assert "DB_MAX_WAITING=1" in str(errors[0])
+        assert re.match(BUSY_MESSAGE, str(errors[1]))
+        assert sync.pool_snapshot().timeouts_total == 2
+        assert sync.monitor.waiting == 0
 
 
 async def test_without_the_gate_sqlite_says_database_is_locked(tmp_path: Path) -> None:

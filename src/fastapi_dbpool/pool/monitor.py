@@ -42,7 +42,8 @@ class PoolSnapshot:
         checked_out: Connections in use now.
         overflow: Overflow connections open now (0 while within ``size``).
         idle: Open connections waiting in the pool.
-        waiting: Callers waiting for a connection now.
+        waiting: Callers waiting for a connection now, and on SQLite this pool's writers
+            queued for the write gate.
         checkouts_total: Connections handed out.
         timeouts_total: Callers that gave up after ``DB_POOL_TIMEOUT`` or were shed.
         connects_total: New server connections opened.
@@ -52,7 +53,8 @@ class PoolSnapshot:
         wait_seconds_total: Time spent waiting, summed over callers.
         wait_seconds_max: Longest single wait.
         writers_waiting: SQLite: writing units of work queued for the process's write
-            gate now, holding no connection (0 on PostgreSQL and for other pools).
+            gate now, holding no connection, whichever pool they are for (reported on
+            the async pool; 0 on PostgreSQL and for other pools).
     """
 
     name: str

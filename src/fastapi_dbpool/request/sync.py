@@ -103,7 +103,7 @@ class SyncDatabase:
         self.capacity = settings.pool_size + settings.max_overflow
         self.timeout = settings.pool_timeout
         self.monitor = monitor
-        self.engine, self._gate = create_sync_engine(settings, self.name)
+        self.engine, self._gate = create_sync_engine(settings, self.name, monitor)
         # SQLite: the loop's write gate, where a writing unit queues before its slot
         # (set while the app's loop serves requests; see use_loop).
         self._unit_gate: WriteGate | None = None
@@ -197,7 +197,8 @@ class SyncDatabase:
         PostgreSQL. End it with :meth:`UnitOfWork.end`.
 
         Raises:
-            PoolTimeout: no slot became free within ``DB_POOL_TIMEOUT`` seconds.
+            PoolTimeout: no slot became free within ``DB_POOL_TIMEOUT`` seconds (on
+                SQLite, a writer's wait for the write gate counts in those seconds).
             TooManyWaiting: ``DB_MAX_WAITING`` requests already wait for one.
         """
         if self._loop is None:
@@ -209,7 +210,7 @@ class SyncDatabase:
         # writers waiting for the lock must not hold the connections readers need.
         gated = None
         if self._unit_gate is not None and not read_only:
-            gated = await self._unit_gate.acquire_for_unit()
+            gated = await self._unit_gate.acquire_for_unit(self.monitor)
         try:
             await self._take_slot()
         except BaseException:

@@ -17,8 +17,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from .._compat import greenlet_spawn
-from ..errors import PoolTimeout
+from ..pool.monitor import PoolMonitor
 from ..pool.ping import install_idle_ping
 from ..pool.queue_pool import MonitoredSyncPool
 from ..postgres.options import install_statement_timeout
@@ -30,17 +29,18 @@ __all__ = ["SwitchingWriteGate", "ThreadWriteGate", "create_sync_engine"]
 
 
 def create_sync_engine(
-    settings: DatabaseSettings, name: str
+    settings: DatabaseSettings, name: str, monitor: PoolMonitor | None = None
 ) -> tuple[Engine, SwitchingWriteGate | None]:
     """A sync engine for *settings*' database, and on SQLite its write gate.
 
     The gate serialises writers with a lock of its own until
-    :meth:`SwitchingWriteGate.use_loop` shares the async engine's gate.
+    :meth:`SwitchingWriteGate.use_loop` shares the async engine's gate. Its writers
+    wait under *monitor*'s counters (the sync pool's).
     """
     engine = create_engine(settings.sync_url, **_engine_options(settings, name))
     gate: SwitchingWriteGate | None = None
     if settings.backend == "sqlite":
-        gate = SwitchingWriteGate(settings.pool_timeout)
+        gate = SwitchingWriteGate(settings.pool_timeout, monitor)
         configure_sqlite(engine, gate, settings.sqlite_busy_timeout_ms)
         install_statement_guard(engine, settings.statement_timeout_ms)
     else:
@@ -57,12 +57,14 @@ class _LoopWriteGate(WriteGate):
 
     Sync and async sessions must share one gate, or two writers of the same process
     would meet in SQLite's busy handler. The gate lives on the event loop; a worker
-    thread takes it by running the gate's own ``acquire`` there and blocking until it
-    returns, which ``DB_POOL_TIMEOUT`` bounds.
+    thread takes it by running the gate's own wait there, under the sync pool's
+    counters, and blocking until it returns, which ``DB_POOL_TIMEOUT`` bounds.
     """
 
-    def __init__(self, gate: WriteGate, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(gate.timeout)
+    def __init__(
+        self, gate: WriteGate, loop: asyncio.AbstractEventLoop, monitor: PoolMonitor
+    ) -> None:
+        super().__init__(gate.timeout, monitor)
         self._gate = gate
         self._loop = loop
 
@@ -79,15 +81,16 @@ class _LoopWriteGate(WriteGate):
         """
         return self._gate.held_here()
 
-    def acquire(self, record: ConnectionPoolEntry) -> None:
+    def acquire(self, record: ConnectionPoolEntry, monitor: PoolMonitor | None = None) -> None:
         """Block this worker thread until the loop's gate is taken for *record*."""
         if _running_loop() is self._loop:
             raise RuntimeError(
                 "a sync session was used on the event loop's thread, where it would block "
                 "every request; use it in `def` endpoints and dependencies"
             )
+        monitor = self.monitor if monitor is None else monitor
         taking = asyncio.run_coroutine_threadsafe(
-            greenlet_spawn(self._gate.acquire, record), self._loop
+            self._gate.acquire_async(record, monitor, carry=False), self._loop
         )
         # The loop side gives up after DB_POOL_TIMEOUT; this bound only matters if the
         # loop stops answering. Giving up here is safe: should the gate be taken for
@@ -96,10 +99,7 @@ class _LoopWriteGate(WriteGate):
             taking.result(timeout=self.timeout + 1)
         except concurrent.futures.TimeoutError:
             taking.cancel()
-            raise PoolTimeout(
-                f"database busy: SQLite's write lock was not free within {self.timeout:.2f} s "
-                "(DB_POOL_TIMEOUT); keep write transactions short"
-            ) from None
+            raise self._gate.queue_for(monitor).timed_out() from None
 
     def release(self, holder: object) -> None:
         """Give the gate back on the loop if *holder* (a connection's record) holds it."""
@@ -108,10 +108,16 @@ class _LoopWriteGate(WriteGate):
 
 
 class ThreadWriteGate(WriteGate):
-    """SQLite's one-writer gate for threads only: a sync engine with no event loop."""
+    """SQLite's one-writer gate for threads only: a sync engine with no event loop.
 
-    def __init__(self, timeout: float) -> None:
-        super().__init__(timeout)
+    Threads cannot queue on the loop's permits: they wait on a thread lock, and the
+    pools' :class:`~fastapi_dbpool.pool.waiting.Waiting` does the rest (the
+    ``DB_MAX_WAITING`` bound, the counters, the error), as for the sync pool's own
+    thread path.
+    """
+
+    def __init__(self, timeout: float, monitor: PoolMonitor | None = None) -> None:
+        super().__init__(timeout, monitor)
         self._thread_lock = threading.Lock()
         self._thread_holder: ConnectionPoolEntry | None = None
 
@@ -120,15 +126,20 @@ class ThreadWriteGate(WriteGate):
         """True while a transaction holds the gate."""
         return self._thread_lock.locked()
 
-    def acquire(self, record: ConnectionPoolEntry) -> None:
-        """Block until the gate is free, for up to ``DB_POOL_TIMEOUT`` seconds."""
+    def acquire(self, record: ConnectionPoolEntry, monitor: PoolMonitor | None = None) -> None:
+        """Block until the gate is free, for up to ``DB_POOL_TIMEOUT`` seconds.
+
+        Raises:
+            TooManyWaiting: ``DB_MAX_WAITING`` callers already wait for the pool.
+            PoolTimeout: The gate stayed taken for ``DB_POOL_TIMEOUT`` seconds.
+        """
         if self._thread_holder is record:
             return
-        if not self._thread_lock.acquire(timeout=self.timeout):
-            raise PoolTimeout(
-                f"database busy: another transaction held SQLite's write lock for more "
-                f"than {self.timeout:.2f} s (DB_POOL_TIMEOUT); keep write transactions short"
-            )
+        if not self._thread_lock.acquire(blocking=False):
+            queue = self.queue_for(monitor)
+            with queue.queued():
+                if not self._thread_lock.acquire(timeout=self.timeout):
+                    raise queue.timed_out()
         self._thread_holder = record
 
     def release(self, record: object) -> None:
@@ -145,17 +156,18 @@ class SwitchingWriteGate(WriteGate):
     stays the one engine once the app runs: while the app's event loop runs it takes
     the process's gate there (:meth:`use_loop`), shared with async sessions, and goes
     back to its own lock when the app stops (:meth:`use_threads`). Switch only while
-    no sync transaction is open (the app's start and stop).
+    no sync transaction is open (the app's start and stop). Its writers wait under
+    *monitor*'s counters (the sync pool's).
     """
 
-    def __init__(self, timeout: float) -> None:
-        super().__init__(timeout)
-        self._threads = ThreadWriteGate(timeout)
+    def __init__(self, timeout: float, monitor: PoolMonitor | None = None) -> None:
+        super().__init__(timeout, monitor)
+        self._threads = ThreadWriteGate(timeout, self.monitor)
         self._current: WriteGate = self._threads
 
     def use_loop(self, gate: WriteGate, loop: asyncio.AbstractEventLoop) -> None:
         """Take *gate* on *loop* from now on."""
-        self._current = _LoopWriteGate(gate, loop)
+        self._current = _LoopWriteGate(gate, loop, self.monitor)
 
     def use_threads(self) -> None:
         """Take the engine's own lock from now on (no event loop)."""
@@ -170,9 +182,9 @@ class SwitchingWriteGate(WriteGate):
         """True when the unit of work this thread runs for holds the current gate."""
         return self._current.held_here()
 
-    def acquire(self, record: ConnectionPoolEntry) -> None:
+    def acquire(self, record: ConnectionPoolEntry, monitor: PoolMonitor | None = None) -> None:
         """Take the current gate for *record*."""
-        self._current.acquire(record)
+        self._current.acquire(record, monitor)
 
     def release(self, record: object) -> None:
         """Give the current gate back if *record* holds it."""

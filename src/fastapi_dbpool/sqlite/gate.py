@@ -30,14 +30,19 @@ The unit that holds the gate is remembered in a context variable, which SQLAlche
 greenlets and the sync sessions' worker threads see too, so that the ``BEGIN`` of its
 transactions knows the gate is already theirs. A transaction begun outside any unit (an
 engine used directly) still takes the gate, for its connection, at ``BEGIN`` and gives
-it back when the connection returns to the pool. Waiting for the gate is bounded by
-``DB_POOL_TIMEOUT`` and ends in :class:`~fastapi_dbpool.errors.PoolTimeout`, like
-waiting for a connection.
+it back when the connection returns to the pool.
+
+Waiting for the gate is waiting for a pool of one: it goes through the pools' own
+:class:`~fastapi_dbpool.pool.waiting.Waiting`, under the counters of the pool the writer
+is about to use. So a writer queued at the gate counts in that pool's ``waiting``, is
+shed at once beyond ``DB_MAX_WAITING``, and on timeout counts in ``timeouts_total`` and
+gets the pools' :class:`~fastapi_dbpool.errors.PoolTimeout`. A writer's two waits, for
+the gate and then for a connection, share one deadline: ``DB_POOL_TIMEOUT`` from when it
+began to wait for the gate.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -49,39 +54,63 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from .._compat import await_, connection_record
-from ..errors import PoolTimeout
-from ..pool.waiting import acquire_within
+from ..pool.monitor import PoolMonitor
+from ..pool.waiting import Deadline, FifoPermits, Waiting, carry_deadline
 
-__all__ = ["READ_ONLY_OPTION", "WriteGate", "configure_sqlite"]
+__all__ = ["LOCK_NAME", "READ_ONLY_OPTION", "WriteGate", "configure_sqlite"]
 
 # Execution option set on the engine that read-only sessions bind to.
 READ_ONLY_OPTION = "fastapi_dbpool_read_only"
+
+# What the gate stands for, as a timeout's message names it.
+LOCK_NAME = "SQLite's write lock"
 
 # The writing unit of work the current task (or thread working for it) runs in.
 _UNIT: ContextVar[object | None] = ContextVar("fastapi_dbpool_write_unit", default=None)
 
 
 class WriteGate:
-    """One writer at a time among this process's pooled SQLite connections."""
+    """One writer at a time among this process's pooled SQLite connections.
 
-    def __init__(self, timeout: float) -> None:
+    Args:
+        timeout: Seconds a writer may wait for the gate and then a connection
+            (``DB_POOL_TIMEOUT``).
+        monitor: The pool whose counters writers wait under unless they name another
+            (the async pool's); a gate without one counts on a monitor of its own.
+    """
+
+    def __init__(self, timeout: float, monitor: PoolMonitor | None = None) -> None:
         self.timeout = timeout
-        self._lock = asyncio.Lock()
+        self.monitor = monitor if monitor is not None else PoolMonitor("sqlite-write-gate")
+        # One turn for the whole process, queued for under each pool's counters.
+        self._turn = FifoPermits(1)
+        self._queues: dict[PoolMonitor, Waiting] = {}
         # A unit of work's token, or the connection record of a transaction begun outside one.
         self._holder: object | None = None
+        # The holder's deadline, carried into its wait for a connection until it is spent.
+        self._deadline: Deadline | None = None
         self.waits_total = 0
         self.wait_seconds_max = 0.0
 
     @property
     def held(self) -> bool:
-        """True while a transaction holds the gate."""
-        return self._lock.locked()
+        """True while a transaction holds the gate (or it was just handed to a waiter)."""
+        return self._turn.free == 0
 
     @property
     def waiting(self) -> int:
         """Units of work queued for the gate now (none of them holds a connection)."""
-        waiters = getattr(self._lock, "_waiters", None)  # asyncio.Lock's queue
-        return len(waiters) if waiters else 0
+        return self._turn.queued
+
+    def queue_for(self, monitor: PoolMonitor | None = None) -> Waiting:
+        """The gate's queue as *monitor*'s pool waits in it (default: :attr:`monitor`)."""
+        monitor = self.monitor if monitor is None else monitor
+        queue = self._queues.get(monitor)
+        if queue is None:
+            queue = self._queues[monitor] = Waiting(
+                monitor, capacity=1, timeout=self.timeout, permits=self._turn, lock=LOCK_NAME
+            )
+        return queue
 
     def held_here(self) -> bool:
         """True when the unit of work running here holds the gate."""
@@ -93,6 +122,7 @@ class WriteGate:
         """Hold the gate for one writing unit of work; enter it *before* any checkout.
 
         Raises:
+            TooManyWaiting: ``DB_MAX_WAITING`` callers already wait for the pool.
             PoolTimeout: The gate stayed taken for ``DB_POOL_TIMEOUT`` seconds.
         """
         unit = object()
@@ -105,43 +135,56 @@ class WriteGate:
                 _UNIT.reset(bound)
             self.release(unit)
 
-    async def acquire_for_unit(self) -> object:
+    async def acquire_for_unit(self, monitor: PoolMonitor | None = None) -> object:
         """Take the gate for a new unit of work that runs in this context; return its token.
 
         For units that end in another thread (sync sessions): give the token back to
         :meth:`release` when the unit ends. The context keeps naming the token, which
         no longer matches once released.
 
+        Args:
+            monitor: The pool the unit will take its connection from (its counters).
+
         Raises:
+            TooManyWaiting: ``DB_MAX_WAITING`` callers already wait for that pool.
             PoolTimeout: The gate stayed taken for ``DB_POOL_TIMEOUT`` seconds.
         """
         unit = object()
-        await self.acquire_async(unit)
+        await self.acquire_async(unit, monitor)
         _UNIT.set(unit)
         return unit
 
-    def acquire(self, record: ConnectionPoolEntry) -> None:
+    def acquire(self, record: ConnectionPoolEntry, monitor: PoolMonitor | None = None) -> None:
         """Take the gate for *record*'s connection; called inside SQLAlchemy's greenlet."""
-        await_(self.acquire_async(record))
+        await_(self.acquire_async(record, monitor, carry=False))
 
-    async def acquire_async(self, holder: object) -> None:
+    async def acquire_async(
+        self, holder: object, monitor: PoolMonitor | None = None, *, carry: bool = True
+    ) -> None:
         """Take the gate for *holder*: a unit of work's token, or a connection's record.
 
+        Args:
+            holder: Who holds the gate until :meth:`release` with the same object.
+            monitor: The pool whose counters the wait goes under (default: :attr:`monitor`).
+            carry: Bound this context's next wait for a connection by what is left of
+                ``DB_POOL_TIMEOUT`` (a unit of work, which takes its connection next);
+                False for a connection already checked out.
+
         Raises:
+            TooManyWaiting: ``DB_MAX_WAITING`` callers already wait for the pool.
             PoolTimeout: The gate stayed taken for ``DB_POOL_TIMEOUT`` seconds.
         """
         if self._holder is holder:
             return  # a second transaction of a holder that still holds it
-        started = time.perf_counter()
-        try:
-            await acquire_within(self._lock, self.timeout)  # not wait_for: see there
-        except TimeoutError:
-            raise PoolTimeout(
-                f"database busy: another transaction held SQLite's write lock for more "
-                f"than {self.timeout:.2f} s (DB_POOL_TIMEOUT); keep write transactions short"
-            ) from None
+        started = time.monotonic()
+        deadline = Deadline(started + self.timeout)
+        await self.queue_for(monitor).take(deadline)
+        # Nothing awaits between the permit and here: a cancellation cannot strand it.
         self._holder = holder
-        waited = time.perf_counter() - started
+        if carry:
+            self._deadline = deadline
+            carry_deadline(deadline)
+        waited = time.monotonic() - started
         self.waits_total += 1
         self.wait_seconds_max = max(self.wait_seconds_max, waited)
 
@@ -149,7 +192,11 @@ class WriteGate:
         """Give the gate back if *holder* holds it (its unit ended, its connection returned)."""
         if self._holder is holder:
             self._holder = None
-            self._lock.release()
+            if self._deadline is not None:
+                # The unit's wait is over, connection or not: its deadline bounds nothing more.
+                self._deadline.spent = True
+                self._deadline = None
+            self._turn.release()
 
 
 def configure_sqlite(engine: Engine, gate: WriteGate, busy_timeout_ms: int) -> None:
