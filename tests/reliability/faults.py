@@ -103,6 +103,6 @@ class Readiness:
                 await asyncio.wait([stopped], timeout=0.1)  # the poll interval, or stop
 
     def first(self, status: int, after: float) -> float | None:
-        """Seconds from *after* to the first probe answered *status* that started later."""
+        """Seconds from *after* to the first probe answered *status* after it."""
         times = [at for at, got in self.samples if got == status and at >= after]
         return min(times) - after if times else None

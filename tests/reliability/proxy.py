@@ -7,8 +7,14 @@ the proxy to the server, and the test decides what the network does::
         url = proxy.url_for(database_url)  # the same database, through the proxy
         proxy.delay(500)                    # every answer from the server waits 500 ms
         proxy.blackhole()                   # accept, read, never answer, never close
+        proxy.stall()                       # forward nothing, lose nothing, close nothing
         proxy.reset()                       # cut every connection now (RST)
         proxy.restore()                     # pass again; black-holed links are cut
+
+``blackhole()`` drops what it reads, so a link that lost bytes is out of step and
+``restore()`` cuts it: part of the recovery is then the proxy's. ``stall()`` is a
+partition that heals: bytes wait (in the proxy and the kernels' buffers) and are
+delivered by ``restore()``, which cuts nothing; what recovers is the app alone.
 
 The proxy runs its own event loop in a thread, so it keeps forwarding while the test's
 loop is busy, and a subprocess (uvicorn) can use it. Every method is thread-safe and
@@ -87,12 +93,22 @@ class FaultProxy:
         """Accept connections and read from them, but forward and answer nothing."""
         self._call(self._set_mode, "blackhole", 0.0)
 
+    def stall(self) -> None:
+        """Forward nothing and close nothing; hold every byte until :meth:`restore`.
+
+        New connections are accepted, and reach the server only after the restore.
+        """
+        self._call(self._set_mode, "stall", 0.0)
+
     def reset(self) -> None:
         """Cut every open connection with a TCP reset; new ones pass as before."""
         self._call(self._reset_all, lambda link: True)
 
     def restore(self) -> None:
-        """Forward again without delay; connections that lost bytes are cut."""
+        """Forward again without delay; connections that lost bytes are cut.
+
+        After :meth:`stall` no byte was lost: the held ones are delivered, nothing is cut.
+        """
         self._call(self._set_mode, "pass", 0.0)
         self._call(self._reset_all, lambda link: link.corrupted)
 
@@ -158,7 +174,7 @@ class FaultProxy:
     def _set_mode(self, mode: str, delay_s: float) -> None:
         assert self._flowing is not None
         self.mode, self.delay_s = mode, delay_s
-        if mode == "blackhole":
+        if mode in ("blackhole", "stall"):
             self._flowing.clear()
         else:
             self._flowing.set()
@@ -190,6 +206,9 @@ class FaultProxy:
         try:
             # A black-holed connect is accepted and then never hears from the server.
             while not self._flowing.is_set():
+                if self.mode == "stall":
+                    await self._flowing.wait()  # its bytes wait in the kernel's buffer
+                    continue
                 link.corrupted = True
                 if not await reader.read(CHUNK):
                     raise ConnectionError("client closed")
@@ -225,6 +244,8 @@ class FaultProxy:
                     continue
                 if delayed and self.delay_s:
                     await asyncio.sleep(self.delay_s)
+                while self.mode == "stall":  # held, not lost: delivered by restore()
+                    await self._flowing.wait()
                 if self.mode == "blackhole":
                     link.corrupted = True
                     continue

@@ -1,4 +1,5 @@
-"""The fault proxy itself, against a local echo server: pass, delay, blackhole, reset, restore.
+"""The fault proxy itself, against a local echo server: pass, delay, blackhole, stall, reset,
+restore.
 
 Fast and without a database: the scenarios trust these modes, so they are proven here.
 """
@@ -118,6 +119,36 @@ def test_blackhole_accepts_and_never_answers_then_restore_cuts_what_it_swallowed
         with connect(proxy) as after:
             assert echo(after) == b"ping"
         wait_links(proxy, 1)
+
+
+def test_stall_holds_every_byte_then_restore_delivers_them_and_cuts_nothing(
+    proxy: FaultProxy,
+) -> None:
+    with connect(proxy) as before:
+        assert echo(before) == b"ping"
+        proxy.stall()
+        assert echo(before, b"held", timeout=SILENCE_S) is None  # no answer, not closed
+        with connect(proxy) as during:  # accepted; reaches the server after the restore
+            assert echo(during, b"early", timeout=SILENCE_S) is None
+            wait_links(proxy, 2)
+            proxy.restore()
+            # Nothing was lost and nothing is cut: the held bytes arrive, in order.
+            assert receive(before, 4) == b"held"
+            assert receive(during, 5) == b"early"
+            assert echo(before) == b"ping" and echo(during) == b"ping"
+        wait_links(proxy, 1)
+    assert proxy.accepted == 2
+
+
+def receive(sock: socket.socket, size: int) -> bytes:
+    """Exactly *size* bytes from *sock*, within 5 s."""
+    sock.settimeout(5)
+    received = b""
+    while len(received) < size:
+        chunk = sock.recv(size - len(received))
+        assert chunk, f"closed after {received!r}"
+        received += chunk
+    return received
 
 
 def test_reset_cuts_every_connection_and_new_ones_pass(proxy: FaultProxy) -> None:
