@@ -38,7 +38,7 @@ from .postgres.replica import ReplicaRouter
 from .request.classes import SessionClasses, session_classes
 from .request.direct import DirectConnection, StatementCache, close_direct
 from .request.retry import retry_transaction
-from .request.routes import check_routes
+from .request.routes import PoolUse, check_routes, pools_used
 from .request.session import session_unit
 from .settings import DatabaseSettings
 from .sqlite.gate import READ_ONLY_OPTION, WriteGate, configure_sqlite
@@ -149,6 +149,8 @@ class Database:
             else None
         )
         self._replicas = ReplicaRouter(self.replica, self.settings.replica_retry_s)
+        # The pools the app's routes take connections from (set by install at start).
+        self.routes_use: PoolUse | None = None
         # Started in another process that forked this one (see _mark_inherited).
         self._inherited = False
         self._started_pid: int | None = None
@@ -379,6 +381,7 @@ class Database:
             # Before anything starts: routes are complete by now, and the models imported.
             check_routes(app.routes, self.session_classes)
             check_retried_routes(app)
+            self.routes_use = self.pools_used_by(app)
             async with self, original(app_) as state:
                 yield state
 
@@ -543,10 +546,31 @@ class Database:
         if self._engine is not None and (self._budget_check is None or self._budget_check.done()):
             self._budget_check = schedule_budget_check(self)
 
+    @staticmethod
+    def pools_used_by(app: Any) -> PoolUse:
+        """Which pools *app*'s routes take connections from (see request/routes.py)."""
+        return pools_used(app.routes, also_async=(_database,))
+
+    @property
+    def pool_use(self) -> PoolUse:
+        """The pools that can connect: what the budget, readiness and doctor count.
+
+        The async pool unless the app's routes take only sync sessions and it never
+        connected (a sync-only app); the sync pool once opened, or when the routes take
+        sync sessions. Without an app (scripts, tests), the async pool.
+        """
+        routes = self.routes_use
+        sync = self._sync is not None or (routes is not None and routes.sync_pool)
+        use_async = (
+            routes is None or routes.async_pool or not sync or self.monitor.connects_total > 0
+        )
+        return PoolUse(async_pool=use_async, sync_pool=sync)
+
     @property
     def pools_in_use(self) -> int:
-        """Pools of ``DB_POOL_SIZE`` connections open now: 1, or 2 once the sync pool is."""
-        return 1 if self._sync is None else 2
+        """Pools of ``DB_POOL_SIZE`` connections that can connect: 1 or 2 (:attr:`pool_use`)."""
+        use = self.pool_use
+        return int(use.async_pool) + int(use.sync_pool)
 
     def connection(
         self, *, read_only: bool = False

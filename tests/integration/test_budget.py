@@ -10,12 +10,16 @@ from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from fastapi_dbpool import Database, DatabaseSettings
+from fastapi_dbpool import Database, DatabaseSettings, SessionDep, SyncSessionDep
 from fastapi_dbpool.errors import ConnectFailed
 from fastapi_dbpool.ops.budget import inspect_server
+from fastapi_dbpool.ops.startup_check import check_budget
 from tests.backends import admin_execute, libpq_url
+from tests.conftest import _lifespan_client
 from tests.servers import free_port
 
 CANARY = "CANARY-b7f3e1"
@@ -128,6 +132,49 @@ async def test_budget_check_runs_on_postgresql_only(database_url: str, backend: 
             assert database._budget_check is None
         else:
             await finished_check(database)
+
+
+def _app(database: Database, *, async_route: bool) -> FastAPI:
+    app = FastAPI()
+    database.install(app)
+
+    @app.get("/sync")
+    def sync_one(session: SyncSessionDep) -> int:
+        return int(session.scalar(text("SELECT 1")) or 0)
+
+    if async_route:
+
+        @app.get("/async")
+        async def async_one(session: SessionDep) -> int:
+            return int(await session.scalar(text("SELECT 1")) or 0)
+
+    return app
+
+
+async def test_a_sync_only_app_counts_its_sync_pool_alone(database_url: str, backend: str) -> None:
+    """Its async pool never connects: the budget counts one pool, not two."""
+    database = Database(DatabaseSettings(url=database_url, pool_size=2, max_overflow=0))
+    async for client in _lifespan_client(_app(database, async_route=False)):
+        assert (await client.get("/sync")).json() == 1
+        assert database.pools_in_use == 1
+        assert database.pool_use.sync_pool and not database.pool_use.async_pool
+        if backend == "postgresql":
+            budget = await check_budget(database, workers=1)
+            assert budget is not None
+            assert (budget.pools, budget.per_worker) == (1, 2 + 1)
+
+
+async def test_an_app_with_both_kinds_counts_both_pools_from_the_start(
+    database_url: str, backend: str
+) -> None:
+    database = Database(DatabaseSettings(url=database_url, pool_size=2, max_overflow=0))
+    async for client in _lifespan_client(_app(database, async_route=True)):
+        # Before any request opened the sync pool: the routes say it will be.
+        assert database.pools_in_use == 2
+        if backend == "postgresql":
+            budget = await check_budget(database, workers=1)
+            assert budget is not None and budget.pools == 2
+        assert (await client.get("/async")).json() == 1
 
 
 class Blackhole:

@@ -58,6 +58,34 @@ async def test_ready_reports_pool_exhausted_without_queueing(database_url: str) 
         assert (await client.get("/health/ready")).status_code == 200
 
 
+@pytest.mark.postgres_only
+async def test_ready_lists_the_replica_pool(database_url: str) -> None:
+    """The replica's pool is reported like the primary's; exhausted, the app is degraded.
+
+    The "replica" is the primary itself here: what is under test is the pool's report,
+    not replication (tests/integration/test_replica.py has a real standby).
+    """
+    settings = make_settings(
+        database_url, pool_size=1, max_overflow=0, pool_timeout=5, replica_url=database_url
+    )
+    app = create_app(settings, probe_timeout=PROBE_TIMEOUT)
+    database = app.state.fastapi_dbpool
+    async with started(app) as client:
+        ready = (await client.get("/health/ready")).json()
+        assert ready["checks"]["replica_pool"]["status"] == "ok"
+        replica = database.replica
+        tasks = [asyncio.create_task(client.get("/hold?seconds=1")) for _ in range(2)]
+        await until(lambda: replica.pool_snapshot().waiting >= 1)
+        response, _ = await _ready(client)
+        assert response.status_code == 200  # the replica is optional: reads use the primary
+        body = response.json()
+        assert body["status"] == "degraded"
+        assert body["checks"]["replica_pool"]["status"] == "failing"
+        assert body["checks"]["replica_pool"]["reason"].startswith("exhausted")
+        assert body["checks"]["pool"]["status"] == "ok"
+        assert [r.status_code for r in await asyncio.gather(*tasks)] == [200] * 2
+
+
 @pytest.fixture
 def cluster_url(pg_cluster: PgCluster) -> Iterator[str]:
     """The throwaway cluster, migrated; running again after the test, whatever it did."""

@@ -9,6 +9,7 @@ which can contain host names or user names.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -147,21 +148,26 @@ def check_pool(database: Database, *, name: str = "pool", sync: bool = False) ->
 async def check_readiness(
     database: Database, timeout: float = DEFAULT_PROBE_TIMEOUT
 ) -> HealthReport:
-    """Check the database (bounded by *timeout*), the pool, and the replica if any.
+    """Check the database (bounded by *timeout*), its pools, and the replica if any.
 
+    Every pool is listed: ``pool`` (async), ``sync_pool`` when ``def`` endpoints take
+    sync sessions, and with a replica ``replica`` (its server) and ``replica_pool``.
     The replica is probed at the same time as the primary and is not required: while
-    it is down, reads go to the primary and the report says "degraded".
+    it is down, or its pool is exhausted, reads go to the primary and the report says
+    "degraded".
     """
     probes = [probe_database(database, timeout)]
     if database.replica is not None:
         probes.append(probe_database(database.replica, timeout))
     results = await asyncio.gather(*probes)
     checks = [results[0], check_pool(database)]
-    if database.pools_in_use > 1:  # def endpoints opened the sync pool
+    if database.pool_use.sync_pool:  # def endpoints take the sync pool
         checks.append(check_pool(database, name="sync_pool", sync=True))
-    if len(results) > 1:
+    if database.replica is not None:
         replica = results[1]
         checks.append(Check("replica", replica.ok, replica.reason, required=False))
+        pool = check_pool(database.replica, name="replica_pool")
+        checks.append(dataclasses.replace(pool, required=False))
     return HealthReport(checks)
 
 

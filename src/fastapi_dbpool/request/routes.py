@@ -24,9 +24,10 @@ from typing import Any, TypeVar
 
 from ..errors import DBPoolError
 from .classes import SessionClasses
+from .dependencies import _connection, _read_connection, _read_session, _session
 from .sync import _sync_read_session, _sync_session
 
-__all__ = ["check_routes", "mark_dependency"]
+__all__ = ["PoolUse", "check_routes", "mark_dependency", "pools_used"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,6 +59,51 @@ def mark_dependency(func: F, alias: str, *, sync: bool, session_class: type | No
 
 mark_dependency(_sync_session, "SyncSessionDep", sync=True)
 mark_dependency(_sync_read_session, "SyncReadSessionDep", sync=True)
+mark_dependency(_session, "SessionDep", sync=False)
+mark_dependency(_read_session, "ReadSessionDep", sync=False)
+mark_dependency(_connection, "ConnectionDep", sync=False)
+mark_dependency(_read_connection, "ReadConnectionDep", sync=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolUse:
+    """Which of a Database's pools an app's routes take connections from."""
+
+    async_pool: bool
+    sync_pool: bool
+
+
+def pools_used(routes: Iterable[Any], *, also_async: Iterable[Any] = ()) -> PoolUse:
+    """Which pools *routes* take connections from, found in their dependency trees.
+
+    Args:
+        routes: The app's ``app.routes``.
+        also_async: Dependency callables that count as using the async pool although
+            they are not marked (``DatabaseDep``'s: its handlers open what they like).
+    """
+    extra = {id(call) for call in also_async}
+    uses_async = uses_sync = False
+    for route in _walk(routes):
+        dependant = getattr(route, "dependant", None)
+        if dependant is None:
+            continue
+        for call in _calls(dependant, set()):
+            found = _MARKS.get(id(call))
+            if found is not None and found[0] is call:
+                uses_sync = uses_sync or found[1].sync
+                uses_async = uses_async or not found[1].sync
+            elif id(call) in extra:
+                uses_async = True
+    return PoolUse(async_pool=uses_async, sync_pool=uses_sync)
+
+
+def _calls(dependant: Any, seen: set[int]) -> Iterator[Any]:
+    if id(dependant) in seen:
+        return
+    seen.add(id(dependant))
+    for sub in dependant.dependencies:
+        yield sub.call
+        yield from _calls(sub, seen)
 
 
 def check_routes(routes: Iterable[Any], classes: SessionClasses) -> None:
