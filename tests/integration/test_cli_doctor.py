@@ -214,3 +214,86 @@ def test_doctor_counts_the_sync_pool_when_told(database_url: str, backend: str) 
     _, report = doctor_json(database_url, *args, DB_POOL_SIZE="3")
     # 2 workers x (2 pools x (3 + 0) + 1 probe) = 14.
     assert report["budget"]["pools"] == 2 and report["budget"]["needed"] == 14
+
+
+_APP_MODULE = """
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from fastapi_dbpool import Database, SessionDep, SyncSessionDep
+
+app = FastAPI()
+Database().install(app)
+
+
+@app.get("/sync")
+def sync_one(session: SyncSessionDep) -> int:
+    return int(session.scalar(text("SELECT 1")) or 0)
+"""
+
+_ASYNC_ROUTE = """
+
+@app.get("/async")
+async def async_one(session: SessionDep) -> int:
+    return int(await session.scalar(text("SELECT 1")) or 0)
+"""
+
+
+@pytest.mark.parametrize("with_async", [False, True], ids=["sync-only", "both"])
+def test_doctor_sees_the_pools_of_the_app(
+    database_url: str,
+    backend: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    with_async: bool,
+) -> None:
+    """``--app`` imports the app: its routes say which pools each worker opens."""
+    module = f"doctor_app_{tmp_path.name.replace('-', '_')}_{int(with_async)}"
+    (tmp_path / f"{module}.py").write_text(_APP_MODULE + (_ASYNC_ROUTE if with_async else ""))
+    monkeypatch.chdir(tmp_path)
+    _, report = doctor_json(database_url, "--app", f"{module}:app", "--workers", "2")
+    assert report["pools"] == (["async", "sync"] if with_async else ["sync"])
+    if backend == "postgresql":
+        # 2 workers x (pools x (2 + 0) + 1 probe).
+        pools = 2 if with_async else 1
+        assert report["budget"]["pools"] == pools
+        assert report["budget"]["needed"] == 2 * (pools * 2 + 1)
+
+
+def test_doctor_app_must_have_a_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "doctor_bare_app.py").write_text("from fastapi import FastAPI\napp = FastAPI()\n")
+    monkeypatch.chdir(tmp_path)
+    exit_code, report = doctor_json("sqlite:///x.db", "--app", "doctor_bare_app:app")
+    assert exit_code == 2
+    assert "no Database installed" in report["findings"][0]["message"]
+
+
+@pytest.mark.postgres_only
+def test_doctor_counts_the_replica_pool_on_the_standby(database_url: str, backend: str) -> None:
+    """DATABASE_REPLICA_URL: the standby's facts, and one pool per worker checked against it.
+
+    The "standby" is the primary server itself here: what is under test is that the
+    doctor reads it and does the replica's sum with its max_connections.
+    """
+    _, report = doctor_json(
+        database_url, "--workers", "3", DB_POOL_SIZE="4", DATABASE_REPLICA_URL=database_url
+    )
+    replica = report["replica"]
+    assert replica["server"]["max_connections"] == report["server"]["max_connections"]
+    # 3 workers x (1 pool x (4 + 0) + 1 probe) = 15, on the standby.
+    assert replica["budget"]["pools"] == 1 and replica["budget"]["needed"] == 15
+    assert replica["budget"]["max_connections"] == replica["server"]["max_connections"]
+    _, alone = doctor_json(database_url)
+    assert alone["replica"] is None
+
+
+@pytest.mark.postgres_only
+def test_doctor_warns_when_the_replica_is_unreachable(database_url: str, backend: str) -> None:
+    standby = f"postgresql://postgres:{CANARY}@127.0.0.1:{free_port()}/db"
+    result = doctor(database_url, DATABASE_REPLICA_URL=standby, DB_CONNECT_TIMEOUT="2")
+    assert "replica_unreachable" not in result.stdout  # codes are in --json only
+    assert "replica: cannot connect to postgresql+asyncpg://postgres:***@127.0.0.1" in (
+        result.stdout
+    )
+    assert CANARY not in result.output
+    assert result.exit_code == 1

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
@@ -23,8 +25,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .._app import STATE_KEY
+from ..database import Database
 from ..errors import SettingsError
 from ..ops.budget import ServerFacts, workers_from_env
+from ..request.routes import PoolUse
 from ..settings import DatabaseSettings
 from .doctor import DoctorReport, diagnose, invalid_settings_report
 from .loadgen import Target, TargetError, run_load
@@ -92,17 +97,31 @@ def doctor(
         bool,
         typer.Option(
             "--sync-endpoints",
-            help="The app has def endpoints on sync sessions: count its sync pool too.",
+            help="The app has def endpoints on sync sessions: count its sync pool too"
+            " (overrides what --app finds).",
         ),
     ] = False,
+    app_path: Annotated[
+        str | None,
+        typer.Option(
+            "--app",
+            help="The app as module:attribute (like uvicorn's): imported to see which pools"
+            " its routes use, and its Database's settings are checked.",
+        ),
+    ] = None,
 ) -> None:
     """Check the pool settings against the database server and recommend a pool size.
 
-    Reads the app's settings from the environment. Exit code 0 when all is well, 1 on
-    warnings, 2 on errors (invalid settings, database unreachable).
+    Reads the app's settings from the environment (or the app's, with --app). Exit code
+    0 when all is well, 1 on warnings, 2 on errors (invalid settings, database
+    unreachable).
     """
     try:
-        settings = DatabaseSettings.from_env()
+        pool_use = None
+        if app_path is not None:
+            settings, pool_use = _app_pools(app_path)
+        else:
+            settings = DatabaseSettings.from_env()
         worker_count = workers if workers is not None else workers_from_env()
     except SettingsError as error:
         report = invalid_settings_report(error)
@@ -114,6 +133,7 @@ def doctor(
                 db_cores=db_cores,
                 spindles=spindles,
                 sync_endpoints=sync_endpoints,
+                pool_use=pool_use,
             )
         )
     if as_json:
@@ -121,6 +141,30 @@ def doctor(
     else:
         _render_doctor(Console(highlight=False), report)
     raise typer.Exit(report.exit_code)
+
+
+def _app_pools(path: str) -> tuple[DatabaseSettings, PoolUse]:
+    """Import the app at *path* (``module:attribute``): its Database's settings and pools.
+
+    Raises:
+        SettingsError: *path* does not name an app with an installed Database.
+    """
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise SettingsError(f"--app: expected module:attribute, got {path!r}")
+    here = os.getcwd()  # as uvicorn does: the app's package from the current directory
+    sys.path.insert(0, here)
+    importlib.invalidate_caches()
+    try:
+        target: Any = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise SettingsError(f"--app: cannot import {path!r}: {error}") from error
+    finally:
+        sys.path.remove(here)
+    state = getattr(getattr(target, "state", None), STATE_KEY, None)
+    if not isinstance(state, Database):
+        raise SettingsError(f"--app: {path!r} has no Database installed (Database.install(app))")
+    return state.settings, Database.pools_used_by(target)
 
 
 def _render_doctor(console: Console, report: DoctorReport) -> None:
@@ -140,9 +184,19 @@ def _render_doctor(console: Console, report: DoctorReport) -> None:
             table.add_row(name, str(settings.get(name)))
         for name in ("DB_POOL_PRE_PING", "DB_STATEMENT_TIMEOUT_MS", "DB_CONNECT_TIMEOUT"):
             table.add_row(name, str(settings.get(name)))
+        table.add_row("pools per worker", ", ".join(report.pools))
     if report.budget is not None:
         verdict = "[green]fits[/]" if report.budget.fits else "[bold red]does not fit[/]"
         table.add_row("connection budget", f"{verdict}: {escape(report.budget.describe())}")
+    if report.replica_facts is not None:
+        replica = report.replica_facts
+        table.add_section()
+        table.add_row("replica", escape(f"{replica.product} {replica.version}"))
+        table.add_row("replica max_connections", str(replica.max_connections))
+    if report.replica_budget is not None:
+        budget = report.replica_budget
+        verdict = "[green]fits[/]" if budget.fits else "[bold red]does not fit[/]"
+        table.add_row("replica budget", f"{verdict}: {escape(budget.describe())}")
     if table.row_count:
         console.print(table)
 

@@ -29,6 +29,7 @@ from ..ops.budget import (
 )
 from ..ops.facts import is_local_host
 from ..ops.pgbouncer import identify_pgbouncer
+from ..request.routes import PoolUse
 from ..settings import DatabaseSettings
 
 __all__ = ["DoctorReport", "Finding", "diagnose", "invalid_settings_report"]
@@ -57,6 +58,12 @@ class DoctorReport:
     budget: ConnectionBudget | None = None
     recommendation: Recommendation | None = None
     findings: list[Finding] = field(default_factory=list)
+    #: The pools each worker opens on the primary: ``async``, ``sync``.
+    pools: list[str] = field(default_factory=lambda: ["async"])
+    #: ``DATABASE_REPLICA_URL`` is set; its standby's facts and the replica pool's budget.
+    replica: bool = False
+    replica_facts: ServerFacts | None = None
+    replica_budget: ConnectionBudget | None = None
 
     @property
     def exit_code(self) -> int:
@@ -79,6 +86,15 @@ class DoctorReport:
             "budget": self.budget.as_dict() if self.budget else None,
             "recommendation": self.recommendation.as_dict() if self.recommendation else None,
             "findings": [dataclasses.asdict(f) for f in self.findings],
+            "pools": self.pools,
+            "replica": (
+                {
+                    "server": self.replica_facts.as_dict() if self.replica_facts else None,
+                    "budget": self.replica_budget.as_dict() if self.replica_budget else None,
+                }
+                if self.replica
+                else None
+            ),
         }
 
 
@@ -97,6 +113,7 @@ async def diagnose(
     db_cores: int | None = None,
     spindles: int | None = None,
     sync_endpoints: bool = False,
+    pool_use: PoolUse | None = None,
 ) -> DoctorReport:
     """Inspect the database of *settings* and judge the pool settings against it.
 
@@ -104,11 +121,19 @@ async def diagnose(
         settings: The app's settings (``DatabaseSettings.from_env()``).
         workers: The app's worker processes.
         sync_endpoints: The app has ``def`` endpoints on sync sessions, so each worker
-            opens a sync pool beside the async one.
+            opens a sync pool beside the async one (overrides *pool_use*).
+        pool_use: The pools the app's routes use (``--app``); default: the async pool.
         db_cores: Cores of the database host; read from the server when omitted.
         spindles: Effective spindles of the database host; 1 assumed when omitted.
     """
     report = DoctorReport(settings=_settings_summary(settings), workers=workers)
+    use = pool_use if pool_use is not None else PoolUse(async_pool=True, sync_pool=False)
+    if sync_endpoints:
+        use = PoolUse(async_pool=use.async_pool, sync_pool=True)
+    # A sync-only app's async pool never connects; an app with no database routes still
+    # has the async pool its background work and scripts use.
+    used = (("async", use.async_pool), ("sync", use.sync_pool))
+    report.pools = [name for name, on in used if on] or ["async"]
     try:
         facts = await inspect_server(Database(settings), purpose="doctor")
     except ConnectFailed as error:
@@ -117,14 +142,52 @@ async def diagnose(
     if facts is not None and facts.pooler is not None:
         facts = dataclasses.replace(facts, pooler=await identify_pgbouncer(settings, facts.pooler))
     report.facts = facts
-    pools = 2 if sync_endpoints else 1
+    pools = len(report.pools)
     report.budget = connection_budget(settings, facts, workers, pools=pools) if facts else None
+    if settings.replica_url is not None:
+        report.replica = True
+        await _diagnose_replica(settings.for_replica(), report)
     report.recommendation = _recommend(settings, facts, report.budget, workers, db_cores, spindles)
     if facts is not None:
         checks = _SQLITE_CHECKS if settings.backend == "sqlite" else _POSTGRES_CHECKS
         for check in checks:
             report.findings.extend(check(settings, facts, report))
     return report
+
+
+async def _diagnose_replica(replica: DatabaseSettings, report: DoctorReport) -> None:
+    """Inspect the standby and check the replica pool against *its* max_connections.
+
+    Each worker opens one pool there (read-only sessions and connections) and the
+    readiness probe's connection. The replica is optional to the app (reads fall back
+    to the primary), so what goes wrong here is a warning.
+    """
+    try:
+        facts = await inspect_server(Database(replica, name="replica"), purpose="doctor")
+    except ConnectFailed as error:
+        report.findings.append(
+            Finding(
+                "warning",
+                "replica_unreachable",
+                f"replica: {error}; reads fall back to the primary while it is down",
+                "DATABASE_REPLICA_URL",
+            )
+        )
+        return
+    report.replica_facts = facts
+    workers = report.workers or 1
+    budget = report.replica_budget = connection_budget(replica, facts, workers, pools=1)
+    if budget is not None and not budget.fits:
+        report.findings.append(
+            Finding(
+                "warning",
+                "replica_budget_exceeded",
+                f"the replica pools do not fit on the standby: {budget.describe()}; under"
+                " load it answers 'too many clients already' and reads fall back to the"
+                " primary",
+                "DB_POOL_SIZE",
+            )
+        )
 
 
 def _settings_summary(settings: DatabaseSettings) -> dict[str, Any]:
