@@ -61,7 +61,11 @@ POOL_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("dbpool_checked_out", "checked_out", "Connections in use now."),
     ("dbpool_overflow", "overflow", "Overflow connections open now, beyond dbpool_size."),
     ("dbpool_idle", "idle", "Open connections waiting in the pool now."),
-    ("dbpool_waiting", "waiting", "Callers waiting for a free connection now."),
+    (
+        "dbpool_waiting",
+        "waiting",
+        "Callers waiting for a free connection now (on SQLite also writers queued at the gate).",
+    ),
     (
         "dbpool_write_gate_waiting",
         "writers_waiting",
