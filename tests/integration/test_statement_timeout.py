@@ -15,7 +15,10 @@ import time
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 
+from fastapi_dbpool import Database
+from fastapi_dbpool.errors import StatementTimeout, classify
 from tests.conftest import make_settings
 from tests.pressure_app import create_app, started
 
@@ -65,3 +68,21 @@ async def test_statement_timeout_is_503_and_connection_reusable(
         await assert_same_connection_serves(client, app, path)
         # A statement within the deadline is not affected.
         assert (await client.get("/slow?seconds=0.01")).status_code == 200
+
+
+@pytest.mark.postgres_only
+async def test_command_timeout_of_the_url_is_a_statement_timeout_too(database_url: str) -> None:
+    """With the library's deadline off, a ``command_timeout`` in the URL still gets a 503."""
+    settings = make_settings(
+        database_url + "?command_timeout=0.5", no_answer_timeout_s=0, statement_timeout_ms=0
+    )
+    async with Database(settings) as database:
+        started_at = time.monotonic()
+        with pytest.raises(StatementTimeout, match="command_timeout of DATABASE_URL") as raised:
+            async with database.session(read_only=True) as session:
+                await session.execute(text("SELECT pg_sleep(3)"))
+        assert time.monotonic() - started_at < 2.5
+        failure = classify(raised.value)
+        assert failure is not None and failure.status == 503
+        async with database.session(read_only=True) as session:
+            assert (await session.execute(text("SELECT 1"))).scalar() == 1

@@ -62,17 +62,25 @@ def is_no_answer(error: BaseException) -> bool:
 
 def no_answer_error(settings: DatabaseSettings) -> StatementTimeout:
     """The error a request gets when the server did not answer within the deadline."""
+    seconds = command_timeout(settings)
+    within = (
+        f"within {seconds:g} s ({_source(settings)})"
+        if seconds is not None
+        else "within the command_timeout of DATABASE_URL"
+    )
     return StatementTimeout(
-        f"no answer from the database within {command_timeout(settings) or 0:g} s "
-        f"({_source(settings)}): the network or the server is gone, or the statement "
-        "ran longer; the connection was discarded"
+        f"no answer from the database {within}: the network or the server is gone, or "
+        "the statement ran longer; the connection was discarded"
     )
 
 
 def install_no_answer(engine: Engine, settings: DatabaseSettings) -> None:
-    """Discard a connection whose statement got no answer; raise StatementTimeout."""
-    if command_timeout(settings) is None:
-        return
+    """Discard a connection whose statement got no answer; raise StatementTimeout.
+
+    Installed even with the deadline turned off (``DB_NO_ANSWER_TIMEOUT_S=0``): a
+    ``command_timeout`` given in ``DATABASE_URL`` raises the same driver timeout, which
+    must be answered 503 too, never 500.
+    """
 
     @event.listens_for(engine, "handle_error")
     def _no_answer(context: ExceptionContext) -> Any:
