@@ -26,6 +26,7 @@ are raised as SQLAlchemy's
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ from .._compat import (
 )
 from ..errors import DirectConnectionMisuse, TransactionOpen, WriteInReadSession
 from ..pool.cleanup import run_to_completion
+from ..pool.waiting import Deadline, carry_deadline
 from ..postgres.no_answer import is_no_answer, no_answer_error
 from ..postgres.options import local_statement_timeout
 from ..sqlite.interrupt import arm_deadline
@@ -342,6 +344,7 @@ class DirectConnection:
             await self._take_gate()
         first = self._fairy is None
         if first:
+            checkout_started = time.monotonic()
             await self._checkout()
         try:
             if not self._in_transaction and self._needs_transaction:
@@ -358,6 +361,11 @@ class DirectConnection:
                 # The pooled connection was dead (server restart, idle timeout): nothing
                 # was done on it yet, so do it once on a fresh one, as pre-ping would.
                 await self._release(invalidate=translated, keep_gate=True)
+                # One DB_POOL_TIMEOUT for both checkouts: the retry waits for a permit
+                # only as long as the first wait left, so a request still ends within
+                # DB_POOL_TIMEOUT + DB_CONNECT_TIMEOUT (the dead connection needed none).
+                pool_timeout = self._database.settings.pool_timeout
+                carry_deadline(Deadline(checkout_started + pool_timeout))
                 return await self._retry(plan, args)
             if self._database.settings.pgbouncer and _refused_before_sync(error):
                 # asyncpg sends Parse/Describe with a Flush, and refused the arguments
