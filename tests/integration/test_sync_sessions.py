@@ -276,3 +276,15 @@ def _idle_in_transaction(settings: DatabaseSettings) -> int:
 def test_sync_session_annotation_is_a_session() -> None:
     # The alias is what users annotate with; the type checker sees a plain Session.
     assert SyncSessionDep.__origin__ is Session  # type: ignore[attr-defined]
+
+
+@pytest.mark.postgres_only
+def test_sync_connections_carry_the_no_answer_deadline_to_libpq(database_url: str) -> None:
+    """psycopg has no statement deadline of its own: libpq's TCP options carry it."""
+    database = Database(DatabaseSettings(url=database_url, no_answer_timeout_s=9))
+    with database, database.sync.engine.connect() as conn:
+        driver = conn.connection.dbapi_connection
+        assert driver is not None
+        parameters = driver.info.get_parameters()  # type: ignore[attr-defined]
+    assert parameters.get("tcp_user_timeout") == "9000", parameters
+    assert parameters.get("keepalives_idle") == "3", parameters

@@ -6,7 +6,11 @@ import pytest
 
 from fastapi_dbpool import DatabaseSettings
 from fastapi_dbpool.errors import classify
-from fastapi_dbpool.postgres.no_answer import command_timeout, no_answer_error
+from fastapi_dbpool.postgres.no_answer import (
+    command_timeout,
+    libpq_no_answer_options,
+    no_answer_error,
+)
 from fastapi_dbpool.postgres.options import connect_args
 
 URL = "postgresql://u@h/db"
@@ -37,3 +41,18 @@ def test_no_answer_is_a_503_with_retry_after_that_names_the_setting() -> None:
     failure = classify(error)
     assert failure is not None and failure.status == 503 and failure.retry_after
     assert "DB_NO_ANSWER_TIMEOUT_S" in str(error) and "2 s" in str(error)
+
+
+def test_sync_connections_get_tcp_deadlines_from_the_same_setting() -> None:
+    options = libpq_no_answer_options(DatabaseSettings(url=URL, no_answer_timeout_s=30))
+    assert options["tcp_user_timeout"] == 30_000
+    # Keepalives give up within the deadline: idle + interval x count.
+    idle, interval, count = (
+        options["keepalives_idle"],
+        options["keepalives_interval"],
+        options["keepalives_count"],
+    )
+    assert options["keepalives"] == 1 and idle + interval * count <= 30
+    assert libpq_no_answer_options(DatabaseSettings(url=URL, no_answer_timeout_s=0)) == {}
+    with_statement_timeout = DatabaseSettings(url=URL, statement_timeout_ms=1500)
+    assert libpq_no_answer_options(with_statement_timeout)["tcp_user_timeout"] == 2500

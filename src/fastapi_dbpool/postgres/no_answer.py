@@ -32,7 +32,14 @@ from sqlalchemy.engine import Engine, ExceptionContext
 from ..errors import StatementTimeout
 from ..settings import DatabaseSettings
 
-__all__ = ["MARGIN_S", "command_timeout", "install_no_answer", "is_no_answer", "no_answer_error"]
+__all__ = [
+    "MARGIN_S",
+    "command_timeout",
+    "install_no_answer",
+    "is_no_answer",
+    "libpq_no_answer_options",
+    "no_answer_error",
+]
 
 # Past the server's own deadline: time for its cancellation to reach us.
 MARGIN_S = 1.0
@@ -47,6 +54,30 @@ def command_timeout(settings: DatabaseSettings) -> float | None:
     if settings.statement_timeout_ms:
         return settings.statement_timeout_ms / 1000 + MARGIN_S
     return settings.no_answer_timeout_s or None
+
+
+def libpq_no_answer_options(settings: DatabaseSettings) -> dict[str, int]:
+    """Return the libpq options that end a sync connection whose packets go nowhere.
+
+    psycopg has no client-side deadline for a statement, so the sync engine (``def``
+    endpoints) leans on TCP instead, with the same deadline: ``tcp_user_timeout`` ends a
+    connection whose sent data stays unacknowledged that long (dropped packets), and
+    keepalives end an idle-looking one whose peer host stopped answering (a frozen
+    host), after about two thirds of it. Neither helps when the server's host is up and
+    its process silent (it acknowledges): the statement timeout covers that. Empty when
+    the deadline is off.
+    """
+    seconds = command_timeout(settings)
+    if seconds is None:
+        return {}
+    idle = max(1, int(seconds // 3))
+    return {
+        "tcp_user_timeout": max(1000, int(seconds * 1000)),
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": max(1, idle // 3),
+        "keepalives_count": 3,
+    }
 
 
 def _source(settings: DatabaseSettings) -> str:

@@ -20,6 +20,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from ..pool.monitor import PoolMonitor
 from ..pool.ping import install_idle_ping
 from ..pool.queue_pool import MonitoredSyncPool
+from ..postgres.no_answer import libpq_no_answer_options
 from ..postgres.options import install_statement_timeout
 from ..settings import DatabaseSettings
 from ..sqlite.gate import WriteGate, configure_sqlite
@@ -204,6 +205,8 @@ def _engine_options(settings: DatabaseSettings, name: str) -> dict[str, Any]:
         connect_args = {
             "connect_timeout": max(1, math.ceil(settings.connect_timeout)),
             "application_name": f"fastapi_dbpool:{name}",
+            # No client-side deadline in psycopg: TCP's, for a network that drops packets.
+            **libpq_no_answer_options(settings),
         }
         if settings.pgbouncer:
             # Behind PgBouncer in transaction mode: no server-side prepared statements
