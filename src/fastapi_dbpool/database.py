@@ -37,6 +37,7 @@ from .postgres.options import install_statement_timeout
 from .postgres.replica import ReplicaRouter
 from .request.classes import SessionClasses, session_classes
 from .request.direct import DirectConnection, StatementCache, close_direct
+from .request.joined import JoinedConnection, OpenUnits
 from .request.retry import retry_transaction
 from .request.routes import PoolUse, check_routes, pools_used
 from .request.session import session_unit
@@ -136,6 +137,9 @@ class Database:
         self._sync_kept: list[bool] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._statements: StatementCache | None = None
+        # The test's connection while joined (see join), and the units open on it.
+        self._joined: AsyncConnection | None = None
+        self.joined_units = OpenUnits()
         # A read replica is a Database of its own (its own pool, monitor and metrics
         # label); read-only sessions go there while it answers.
         self.replica: Database | None = (
@@ -277,6 +281,7 @@ class Database:
             self._sync = None
         self._sessions = self._read_sessions = None
         self._statements = None
+        self._joined = None
         await wait_for_pending_cleanups(timeout=self.settings.pool_timeout)
         if sync is not None:
             await sync.dispose()
@@ -403,18 +408,26 @@ class Database:
         (``DATABASE_REPLICA_URL``), *read_only* sessions run there, and on the primary
         for ``DB_REPLICA_RETRY_S`` after the replica failed to connect.
         """
+        if self._joined is not None:
+            kind = "read session" if read_only else "session"
+            return self.joined_units.track(self._session(read_only), kind)
         replica = self._replicas.choose() if read_only else None
         if replica is not None:
             return self._replicas.watch(replica.session(read_only=True))
         return self._session(read_only)
 
     def join(self, connection: AsyncConnection | None) -> None:
-        """Run every session in a savepoint of *connection*'s transaction; None: stop.
+        """Run every unit of work on *connection*, in its transaction; None: stop.
 
         SQLAlchemy's "join a session into an external transaction" recipe, for tests
-        (:mod:`fastapi_dbpool.pytest_plugin` does it): a session's commit releases its
-        savepoint, and the test's rollback undoes everything. Direct connections
-        (``ConnectionDep``) do not join; the sync side has ``database.sync.join``.
+        (:mod:`fastapi_dbpool.pytest_plugin` does it): sessions run in a savepoint, so
+        a session's commit releases its savepoint and the test's rollback undoes
+        everything. Direct connections (``ConnectionDep``, ``ReadConnectionDep``,
+        :meth:`connection`) run on *connection* too, writes in savepoints (see
+        :mod:`fastapi_dbpool.request.joined`). Reads stay on the primary, replica or
+        not, so that they see the test's writes. The sync side has
+        ``database.sync.join``. Units begun while joined are counted in
+        :attr:`joined_units` (a new count at each join).
         """
         if connection is None:
             engine = self.engine
@@ -424,10 +437,12 @@ class Database:
         else:
             bind = read_bind = connection
             mode = "create_savepoint"
+            self.joined_units = OpenUnits()
         cls = self.session_classes[0]
         options: dict[str, Any] = {"class_": cls, "expire_on_commit": False}
         self._sessions = async_sessionmaker(bind, join_transaction_mode=mode, **options)
         self._read_sessions = async_sessionmaker(read_bind, join_transaction_mode=mode, **options)
+        self._joined = connection
 
     def monitors(self) -> list[PoolMonitor]:
         """Every pool this database uses: async, sync, health probe, and the replica's.
@@ -582,6 +597,9 @@ class Database:
         ends and rolls back if it raises; a *read_only* one accepts only selects, and
         runs on the replica when there is one (see :meth:`session`).
         """
+        if self._joined is not None:
+            kind = "read connection" if read_only else "connection"
+            return self.joined_units.track(self._joined_direct(self._joined, read_only), kind)
         replica = self._replicas.choose() if read_only else None
         if replica is not None:
             return self._replicas.watch(replica.connection(read_only=True))
@@ -593,6 +611,21 @@ class Database:
         if statements is None:
             statements = self._statements = StatementCache(self.engine.dialect)
         connection = DirectConnection(self, statements, read_only=read_only)
+        try:
+            yield connection
+        except BaseException:
+            await close_direct(connection, commit=False)
+            raise
+        await close_direct(connection, commit=not read_only)
+
+    @asynccontextmanager
+    async def _joined_direct(
+        self, joined: AsyncConnection, read_only: bool
+    ) -> AsyncIterator[DirectConnection]:
+        statements = self._statements
+        if statements is None:
+            statements = self._statements = StatementCache(self.engine.dialect)
+        connection = JoinedConnection(self, statements, read_only=read_only, joined=joined)
         try:
             yield connection
         except BaseException:

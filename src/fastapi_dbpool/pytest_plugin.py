@@ -5,14 +5,17 @@ happens unless a test asks for one. Define ``dbpool_app`` (your app, not started
 optionally, ``dbpool_metadata`` (the tables to create) in your ``conftest.py``:
 
 * ``dbpool_url`` (session): a database created for the test session and dropped at its
-  end: on the PostgreSQL server of ``--dbpool-url`` / ``DBPOOL_TEST_URL`` (a new
-  database ``dbpool_test_<random>`` there), else a SQLite file in pytest's temp dir.
+  end: on the PostgreSQL server of ``dbpool_server`` (``--dbpool-url`` /
+  ``DBPOOL_TEST_URL``; a new database ``dbpool_test_<random>`` there), else a SQLite
+  file in pytest's temp dir.
 * ``dbpool_client``: an ``httpx.AsyncClient`` on ``dbpool_app`` with its lifespan
-  running. Every session the app opens (``SessionDep``, ``ReadSessionDep``,
-  ``SyncSessionDep``, ``SyncReadSessionDep``, ``database.session()``) runs in a
-  savepoint of one transaction per kind (async, sync) that is rolled back when the
-  test ends, so the code under test may commit. After the test, no connection may be
-  left checked out (the test fails otherwise).
+  running. Every unit of work the app opens runs on one connection per kind (async,
+  sync) in a transaction rolled back when the test ends: sessions (``SessionDep``,
+  ``ReadSessionDep``, ``SyncSessionDep``, ``SyncReadSessionDep``,
+  ``database.session()``) in a savepoint, direct connections (``ConnectionDep``,
+  ``ReadConnectionDep``, ``database.connection()``) with their writes in a savepoint,
+  so the code under test may commit. After the test, no unit of work may be left open
+  and no connection left checked out (the test fails otherwise).
 * ``dbpool_database``: the app's :class:`~fastapi_dbpool.Database`, joined as above.
 
 ``dbpool_client`` (and ``dbpool_database``, which starts the app through it) needs
@@ -20,14 +23,15 @@ pytest-asyncio and httpx, which are not dependencies of the library: install
 ``fastapi-dbpool[pytest]``. Without them the plugin still loads (it imports them only
 when a test asks for those fixtures), and such a test fails with a message saying so.
 
-Limits: direct connections (``ConnectionDep``) do not join the test transaction; async
-and sync sessions hold one transaction each, so within one test a sync session does not
-see what an async one wrote (and on SQLite only one of them may write).
+Limits: async and sync sessions hold one transaction each, so within one test a sync
+session does not see what an async one wrote (and on SQLite only one of them may write);
+units of work on the test's connection must not run concurrently (one request at a time).
 """
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -38,6 +42,7 @@ from sqlalchemy.engine import Connection, make_url
 
 from ._app import database_of
 from .database import Database
+from .request.joined import OpenUnits
 from .settings import DatabaseSettings
 from .sqlite.gate import READ_ONLY_OPTION
 from .testing import assert_pool_idle
@@ -48,6 +53,9 @@ if TYPE_CHECKING:
 __all__ = ["pytest_addoption"]
 
 URL_ENV = "DBPOOL_TEST_URL"
+
+# How long work still running after a test may take to end its units of work.
+UNITS_TIMEOUT_S = 5.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -93,11 +101,22 @@ def dbpool_metadata() -> Any:
 
 
 @pytest.fixture(scope="session")
+def dbpool_server(request: pytest.FixtureRequest) -> str | None:
+    """The PostgreSQL server that hosts the test database; None: a SQLite file.
+
+    ``--dbpool-url``, else ``DBPOOL_TEST_URL``. Override it to choose otherwise, e.g.
+    parametrised over several servers to run the same tests on each.
+    """
+    server = request.config.getoption("--dbpool-url") or os.environ.get(URL_ENV)
+    return str(server) if server else None
+
+
+@pytest.fixture(scope="session")
 def dbpool_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, dbpool_metadata: Any
+    dbpool_server: str | None, tmp_path_factory: pytest.TempPathFactory, dbpool_metadata: Any
 ) -> Iterator[str]:
     """A database for this test session, with ``dbpool_metadata``'s tables; dropped after."""
-    server = request.config.getoption("--dbpool-url") or os.environ.get(URL_ENV)
+    server = dbpool_server
     if not server:
         path = tmp_path_factory.mktemp("dbpool") / "test.db"
         url = f"sqlite:///{path}"
@@ -179,6 +198,11 @@ class _joined:
         import anyio.to_thread
 
         database = self.database
+        # Nothing is checked out for work on the test's connections, so the pool's check
+        # cannot see a unit left open: count them (work still running may end late).
+        units = database.joined_units
+        left = await _wait_units_ended(units, UNITS_TIMEOUT_S)
+        described = units.describe()
         database.join(None)
         database.sync.join(None)
         try:
@@ -193,6 +217,23 @@ class _joined:
                     sync.close()
 
                 await anyio.to_thread.run_sync(close_sync)
+        if left:
+            raise AssertionError(
+                f"{left} unit(s) of work still open on the test's connection ({described}) "
+                f"{UNITS_TIMEOUT_S:g} s after the test: a session or connection was not "
+                "closed, or work that uses one was still running"
+            )
+
+
+async def _wait_units_ended(units: OpenUnits, timeout: float) -> int:
+    import anyio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = units.open
+        if left == 0 or time.monotonic() >= deadline:
+            return left
+        await anyio.sleep(0.01)
 
 
 def _create_tables(url: str, metadata: Any) -> None:

@@ -1,7 +1,9 @@
 """The pytest plugin, used as an app's test suite uses it: run by pytester in a subprocess.
 
-An app with async and ``def`` endpoints; its tests commit, and the next test sees none
-of it (the per-test transaction was rolled back); a test that leaks a connection fails.
+An app with async and ``def`` endpoints, on sessions and direct connections; its tests
+commit, and the next test sees none of it (the per-test transaction was rolled back); a
+test that leaks a connection, or leaves a session or direct connection open on the
+test's connection (where nothing is checked out), fails.
 On SQLite (no URL) and on PostgreSQL (``DBPOOL_TEST_URL``: a database created and dropped).
 """
 
@@ -15,11 +17,17 @@ pytest_plugins = ["pytester"]
 
 CONFTEST = """
 import pytest
-from fastapi import FastAPI
-from sqlalchemy import select
+from fastapi import FastAPI, HTTPException
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from fastapi_dbpool import Database, SessionDep, SyncSessionDep
+from fastapi_dbpool import (
+    ConnectionDep,
+    Database,
+    ReadConnectionDep,
+    SessionDep,
+    SyncSessionDep,
+)
 
 
 class Base(DeclarativeBase):
@@ -62,10 +70,45 @@ def dbpool_app(dbpool_url):
     def notes_sync(session: SyncSessionDep) -> list[str]:
         return list(session.scalars(select(Note.text)))
 
+    add_note = insert(Note).values(text=bindparam("text"))
+    texts = select(Note.text).order_by(Note.id)
+
+    @app.post("/direct/notes", status_code=201)
+    async def add_direct(text: str, db: ConnectionDep) -> dict:
+        await db.execute_committed(add_note, text=text)
+        return {"ok": True}
+
+    @app.post("/direct/fail")
+    async def add_then_fail(text: str, db: ConnectionDep) -> dict:
+        await db.all(add_note, text=text)
+        raise HTTPException(400, "rolled back")
+
+    @app.get("/direct/notes")
+    async def notes_direct(db: ReadConnectionDep) -> list[str]:
+        return [row["text"] for row in await db.all(texts)]
+
     @app.get("/leak")
     async def leak() -> dict:
         from fastapi_dbpool._app import database_of
         app.state.leaked = await database_of(app).engine.connect()
+        return {}
+
+    @app.get("/leak/session")
+    async def leak_session() -> dict:
+        from fastapi_dbpool._app import database_of
+        unit = database_of(app).session()
+        session = await unit.__aenter__()  # never exited
+        await session.scalars(texts)
+        app.state.open_unit = unit
+        return {}
+
+    @app.get("/leak/connection")
+    async def leak_connection() -> dict:
+        from fastapi_dbpool._app import database_of
+        unit = database_of(app).connection()
+        db = await unit.__aenter__()  # never exited
+        await db.all(add_note, text="x")
+        app.state.open_unit = unit
         return {}
 
     return app
@@ -79,6 +122,12 @@ async def close_leak(dbpool_app):
     if leaked is not None:
         await leaked.invalidate()
         await leaked.close()
+    unit = getattr(dbpool_app.state, "open_unit", None)
+    if unit is not None:
+        try:
+            await unit.__aexit__(None, None, None)
+        except Exception:
+            pass  # the test's connection it ran on is closed by now
 """
 
 TESTS = """
@@ -103,6 +152,25 @@ async def test_4_rolled_back(dbpool_client, dbpool_database):
 
 async def test_5_leak_is_reported(close_leak, dbpool_client):
     await dbpool_client.get("/leak")
+
+
+async def test_6_direct_commit(dbpool_client):
+    assert (await dbpool_client.post("/direct/notes", params={"text": "d"})).status_code == 201
+    assert (await dbpool_client.post("/direct/fail", params={"text": "f"})).status_code == 400
+    assert (await dbpool_client.get("/direct/notes")).json() == ["d"]
+    assert (await dbpool_client.get("/notes")).json() == ["d"]  # sessions see it too
+
+
+async def test_7_rolled_back(dbpool_client):
+    assert (await dbpool_client.get("/direct/notes")).json() == []
+
+
+async def test_8_open_session_is_reported(close_leak, dbpool_client):
+    await dbpool_client.get("/leak/session")
+
+
+async def test_9_open_connection_is_reported(close_leak, dbpool_client):
+    await dbpool_client.get("/leak/connection")
 """
 
 
@@ -118,8 +186,18 @@ def _run(pytester: pytest.Pytester, *env: tuple[str, str]) -> pytest.RunResult:
 
 
 def _check(result: pytest.RunResult) -> None:
-    result.assert_outcomes(passed=5, errors=1)  # test 5 passes, then fails its teardown
-    result.stdout.fnmatch_lines(["*test_5_leak_is_reported*", "*connection(s) still checked out*"])
+    # Tests 5, 8 and 9 pass, then fail their teardown.
+    result.assert_outcomes(passed=9, errors=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_5_leak_is_reported*",
+            "*connection(s) still checked out*",
+            "*ERROR at teardown of test_8_open_session_is_reported*",
+            "*1 unit(s) of work still open on the test's connection (1 session)*",
+            "*ERROR at teardown of test_9_open_connection_is_reported*",
+            "*1 unit(s) of work still open on the test's connection (1 connection)*",
+        ]
+    )
 
 
 def test_plugin_on_sqlite(pytester: pytest.Pytester) -> None:

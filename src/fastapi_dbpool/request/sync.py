@@ -66,6 +66,7 @@ from .sync_engine import create_sync_engine
 
 if TYPE_CHECKING:
     from ..database import Database
+    from .joined import OpenUnits
 
 __all__ = [
     "SyncDatabase",
@@ -281,9 +282,8 @@ class SyncDatabase:
             session = self._session_class(
                 bind=self._joined, expire_on_commit=False, join_transaction_mode="create_savepoint"
             )
-            return UnitOfWork(
-                self, _Borrowed(self._joined), session, read_only=read_only, gated=gated
-            )
+            borrowed = _Borrowed(self._joined, self._database.joined_units)
+            return UnitOfWork(self, borrowed, session, read_only=read_only, gated=gated)
         try:
             connection = self.engine.connect()
         except BaseException:
@@ -402,13 +402,21 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 class _Borrowed:
-    """A joined test connection lent to a unit of work: the test closes it, not the unit."""
+    """A joined test connection lent to a unit of work: the test closes it, not the unit.
 
-    def __init__(self, connection: Connection) -> None:
+    The unit is counted open in *units* until its close (see request/joined.py).
+    """
+
+    def __init__(self, connection: Connection, units: OpenUnits) -> None:
         self.connection = connection
+        self._units: OpenUnits | None = units
+        units.begin("sync session")
 
     def close(self) -> None:
-        """Keep the test's connection open."""
+        """Keep the test's connection open; count the unit as ended."""
+        units, self._units = self._units, None
+        if units is not None:
+            units.end("sync session")
 
     def invalidate(self) -> None:
         """Keep the test's connection: its transaction is rolled back at the test's end."""
