@@ -44,10 +44,16 @@ def dbpool_metadata() -> Any:
 
 @pytest.fixture
 def dbpool_app(dbpool_url: str) -> FastAPI:
-    """The users_api on the plugin's database, with a small pool so that leaks show."""
-    from users_api.main import create_app
+    """The users_api on the plugin's database, with a small pool so that leaks show.
 
-    return create_app(DatabaseSettings(url=dbpool_url, pool_size=5, max_overflow=0, pool_timeout=5))
+    Without its item workers: background work that uses the database while a test runs
+    would share the test's connection with the requests (see docs/testing.md).
+    """
+    from users_api.main import create_app
+    from users_api.settings import ItemSettings
+
+    settings = DatabaseSettings(url=dbpool_url, pool_size=5, max_overflow=0, pool_timeout=5)
+    return create_app(settings, item_settings=ItemSettings(workers=0))
 
 
 @pytest.fixture
