@@ -25,7 +25,8 @@ when a test asks for those fixtures), and such a test fails with a message sayin
 
 Limits: async and sync sessions hold one transaction each, so within one test a sync
 session does not see what an async one wrote (and on SQLite only one of them may write);
-units of work on the test's connection must not run concurrently (one request at a time).
+units of work on the test's connection must not run concurrently (one request at a time,
+and no background work using the database while the test runs).
 """
 
 from __future__ import annotations
