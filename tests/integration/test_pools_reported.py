@@ -70,9 +70,13 @@ async def test_sync_pool_appears_on_the_dashboard(client: httpx.AsyncClient) -> 
     assert {"primary", "primary-sync", "primary-probe"} <= set(names)
 
 
-async def test_readiness_checks_the_sync_pool_once_it_is_used(client: httpx.AsyncClient) -> None:
+async def test_readiness_checks_the_sync_pool_of_an_app_with_sync_endpoints(
+    client: httpx.AsyncClient,
+) -> None:
+    # The routes take sync sessions, so the pool is checked from the start, before any
+    # request used it (a failing sync pool must not wait for the first sync request).
     before = (await client.get("/health/ready")).json()["checks"]
-    assert "sync_pool" not in before
+    assert before["sync_pool"]["status"] == "ok"
     await client.get("/sync/one")
     after = (await client.get("/health/ready")).json()["checks"]
     assert after["sync_pool"]["status"] == "ok"

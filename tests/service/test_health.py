@@ -60,6 +60,8 @@ async def test_ready_lists_its_checks(client: httpx.AsyncClient) -> None:
         "checks": {
             "database": {"ok": True, "status": "ok"},
             "pool": {"ok": True, "status": "ok"},
+            # users_api has a def endpoint (GET /users/{id}/sync): its pool is checked too.
+            "sync_pool": {"ok": True, "status": "ok"},
         },
     }
 
