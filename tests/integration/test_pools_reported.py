@@ -82,6 +82,17 @@ async def test_readiness_checks_the_sync_pool_of_an_app_with_sync_endpoints(
     assert after["sync_pool"]["status"] == "ok"
 
 
+async def test_readiness_leaves_out_the_sync_pool_of_an_async_only_app(database_url: str) -> None:
+    app = FastAPI()
+    Database(make_settings(database_url, pool_size=3, max_overflow=0)).install(app)
+    app.include_router(health_router())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            checks = (await client.get("/health/ready")).json()["checks"]
+    assert set(checks) == {"database", "pool"}, checks
+
+
 async def test_the_test_helper_counts_a_leaked_sync_connection(database_url: str) -> None:
     database = Database(make_settings(database_url, pool_size=2))
     async with database:
