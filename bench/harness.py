@@ -81,11 +81,13 @@ class Run:
 def metrics_toggles_supported() -> dict[str, bool]:
     """Which of the observability settings this build of the library reads."""
     from fastapi_dbpool import DatabaseSettings
+    from fastapi_dbpool.observe.settings import ObservabilitySettings
 
     aliases: set[str] = set()
-    for info in DatabaseSettings.model_fields.values():
-        choices = getattr(info.validation_alias, "choices", None) or []
-        aliases |= {str(choice).upper() for choice in choices}
+    for settings in (DatabaseSettings, ObservabilitySettings):
+        for info in settings.model_fields.values():
+            choices = getattr(info.validation_alias, "choices", None) or []
+            aliases |= {str(choice).upper() for choice in choices}
     return {name: name in aliases for name in ("DB_METRICS", "DB_LEAK_THRESHOLD_S")}
 
 
