@@ -599,33 +599,24 @@ class Database:
         """
         if self._joined is not None:
             kind = "read connection" if read_only else "connection"
-            return self.joined_units.track(self._joined_direct(self._joined, read_only), kind)
+            return self.joined_units.track(self._direct(read_only, self._joined), kind)
         replica = self._replicas.choose() if read_only else None
         if replica is not None:
             return self._replicas.watch(replica.connection(read_only=True))
         return self._direct(read_only)
 
     @asynccontextmanager
-    async def _direct(self, read_only: bool) -> AsyncIterator[DirectConnection]:
-        statements = self._statements
-        if statements is None:
-            statements = self._statements = StatementCache(self.engine.dialect)
-        connection = DirectConnection(self, statements, read_only=read_only)
-        try:
-            yield connection
-        except BaseException:
-            await close_direct(connection, commit=False)
-            raise
-        await close_direct(connection, commit=not read_only)
-
-    @asynccontextmanager
-    async def _joined_direct(
-        self, joined: AsyncConnection, read_only: bool
+    async def _direct(
+        self, read_only: bool, joined: AsyncConnection | None = None
     ) -> AsyncIterator[DirectConnection]:
         statements = self._statements
         if statements is None:
             statements = self._statements = StatementCache(self.engine.dialect)
-        connection = JoinedConnection(self, statements, read_only=read_only, joined=joined)
+        connection = (
+            DirectConnection(self, statements, read_only=read_only)
+            if joined is None
+            else JoinedConnection(self, statements, read_only=read_only, joined=joined)
+        )
         try:
             yield connection
         except BaseException:

@@ -301,15 +301,7 @@ class DirectConnection:
             TransactionOpen: An earlier statement of this connection opened a
                 transaction, which this statement would commit early.
         """
-        if self._read_only:
-            raise WriteInReadSession(
-                "execute_committed() on a read-only connection; use ConnectionDep"
-            )
-        if self._in_transaction:
-            raise TransactionOpen(
-                "execute_committed() inside an open transaction would commit the statements "
-                "before it early; make it the connection's first write, or use all()"
-            )
+        self._check_committable()
         plan, extracted = self._cache.plan(statement)
         args = plan.arguments(params, extracted)
         await self._take_gate()
@@ -331,6 +323,18 @@ class DirectConnection:
             raise
         await self._end_committed()
         return plan.rows(records)
+
+    def _check_committable(self) -> None:
+        """Refuse execute_committed() where it would break a promise (see its Raises)."""
+        if self._read_only:
+            raise WriteInReadSession(
+                "execute_committed() on a read-only connection; use ConnectionDep"
+            )
+        if self._in_transaction:
+            raise TransactionOpen(
+                "execute_committed() inside an open transaction would commit the statements "
+                "before it early; make it the connection's first write, or use all()"
+            )
 
     async def _end_committed(self) -> None:
         # The statement is over and nothing is open: on SQLite give back the gate, and

@@ -31,7 +31,6 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import TransactionOpen, WriteInReadSession
 from .direct import DirectConnection, StatementCache
 
 if TYPE_CHECKING:
@@ -168,15 +167,7 @@ class JoinedConnection(DirectConnection):
             TransactionOpen: An earlier statement of this connection opened a
                 transaction (as :meth:`DirectConnection.execute_committed`).
         """
-        if self._read_only:
-            raise WriteInReadSession(
-                "execute_committed() on a read-only connection; use ConnectionDep"
-            )
-        if self._in_transaction:
-            raise TransactionOpen(
-                "execute_committed() inside an open transaction would commit the statements "
-                "before it early; make it the connection's first write, or use all()"
-            )
+        self._check_committable()
         plan, extracted = self._cache.plan(statement)
         args = plan.arguments(params, extracted)
         if self._fairy is None:
