@@ -15,28 +15,15 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException
-from sqlalchemy import create_engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from .common import DATABASE_URL, IS_SQLITE, POOL_SIZE, UserOut, freeze_startup_heap
+from .common import UserOut, freeze_startup_heap
 from .models import User
 
-THREADS = 100
+# The tutorial's engine and sessionmaker, as bench.apps.tutorial builds them.
+from .tutorial import SessionLocal
 
-if IS_SQLITE:
-    engine = create_engine(
-        DATABASE_URL,
-        connect_args={"check_same_thread": False},
-        pool_size=POOL_SIZE,
-        max_overflow=0,
-    )
-else:
-    engine = create_engine(
-        "postgresql+psycopg://" + DATABASE_URL.split("://", 1)[1],
-        pool_size=POOL_SIZE,
-        max_overflow=0,
-    )
-SessionLocal = sessionmaker(autocommit=False, autoflush=False, bind=engine)
+THREADS = 100
 
 
 @asynccontextmanager

@@ -180,16 +180,7 @@ class SyncDatabase:
                     session.commit()
 
     def _rollback_quietly(self, session: Session) -> None:
-        # The caller's error is the one that matters; on a broken connection SQLAlchemy
-        # invalidates it, so it does not go back to the pool dirty.
-        try:
-            session.rollback()
-        except Exception:
-            logger.warning(
-                "rollback failed after an error",
-                exc_info=True,
-                extra={"pool": self.name, "event": "rollback_failed"},
-            )
+        _rollback_quietly(session, self.name)
 
     async def begin(self, *, read_only: bool = False) -> UnitOfWork:
         """Wait for a slot, then check out a connection for a new unit of work.
@@ -360,15 +351,7 @@ class UnitOfWork:
             if error is None and not self.read_only:
                 session.commit()
             elif error is not None:
-                try:
-                    session.rollback()
-                except Exception:
-                    # The caller's error is the one that matters.
-                    logger.warning(
-                        "rollback failed after an error",
-                        exc_info=True,
-                        extra={"pool": self._owner.name, "event": "rollback_failed"},
-                    )
+                _rollback_quietly(session, self._owner.name)
         finally:
             try:
                 session.close()
@@ -476,3 +459,19 @@ async def _sync_read_session(conn: HTTPConnection) -> AsyncIterator[Session]:
 
 SyncSessionDep = Annotated[Session, Depends(_sync_session, scope="function")]
 SyncReadSessionDep = Annotated[Session, Depends(_sync_read_session, scope="function")]
+
+
+def _rollback_quietly(session: Session, pool: str) -> None:
+    """Roll *session* back after an error; log a rollback that fails, never raise it.
+
+    The caller's error is the one that matters; on a broken connection SQLAlchemy
+    invalidates it, so it does not go back to the pool dirty.
+    """
+    try:
+        session.rollback()
+    except Exception:
+        logger.warning(
+            "rollback failed after an error",
+            exc_info=True,
+            extra={"pool": pool, "event": "rollback_failed"},
+        )
